@@ -1,0 +1,28 @@
+"""backfill-assets: partitioned, versioned, write-audit-publish derived tables for Dagster on DuckDB."""
+
+from .audit import CheckOutcome
+from .factory import POOL, consumer_specs, derived_asset
+from .publish import RunReport, TransformContext, audit_published, write_audit_publish
+from .spec import Column, Consumer, Invariant, Reconcile, SpecError, TableSpec, quote_ident
+from .warehouse import Warehouse, WarehouseLockTimeout, published_partitions
+
+__all__ = [
+    "POOL",
+    "CheckOutcome",
+    "Column",
+    "Consumer",
+    "Invariant",
+    "Reconcile",
+    "RunReport",
+    "SpecError",
+    "TableSpec",
+    "TransformContext",
+    "Warehouse",
+    "WarehouseLockTimeout",
+    "audit_published",
+    "consumer_specs",
+    "derived_asset",
+    "published_partitions",
+    "quote_ident",
+    "write_audit_publish",
+]

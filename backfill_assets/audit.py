@@ -1,0 +1,278 @@
+"""The checks that gate publishing. Each runs as SQL inside DuckDB over the temp views
+``candidate`` (the rows under audit) and ``previous`` (what is published now for the same
+partitions), with ``_bfa_run`` listing the partitions, and returns a :class:`CheckOutcome`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pandera.pandas as pa
+
+from .spec import Invariant, Reconcile, TableSpec, quote_ident
+from .warehouse import describe, sql_params
+
+SAMPLE_ROWS = 5
+SCHEMA_SAMPLE_ROWS = 10_000
+
+UNIQUE, COMPLETE, RECONCILED, SCHEMA = "unique_grain", "complete", "reconciled", "schema"
+
+CHECK_DESCRIPTIONS = {
+    UNIQUE: "No duplicate and no NULL grain keys.",
+    COMPLETE: "Every partition present and non-empty, no rows outside the window, null rates within "
+    "bounds, row counts within the allowed change against the published version.",
+    RECONCILED: "Declared metrics match their upstream per partition; declared invariants hold.",
+    SCHEMA: "Columns and types as declared; values pass the column checks (on a bounded sample).",
+}
+
+
+@dataclass
+class CheckOutcome:
+    """The result of one check: passed or not, one-line summary, figures, and failing examples."""
+
+    name: str
+    passed: bool
+    summary: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_names(spec: TableSpec) -> list[str]:
+    names = [UNIQUE, COMPLETE]
+    if spec.rules:
+        names.append(RECONCILED)
+    if spec.columns:
+        names.append(SCHEMA)
+    return names
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict]:
+    cur = con.execute(sql, params)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcome:
+    keys = ", ".join(quote_ident(c) for c in spec.grain)
+    any_null = " OR ".join(f"{quote_ident(c)} IS NULL" for c in spec.grain)
+    dup_keys, extra_rows = con.execute(
+        f"SELECT count(*), coalesce(sum(n - 1), 0) FROM "
+        f"(SELECT count(*) AS n FROM candidate GROUP BY {keys} HAVING count(*) > 1)"
+    ).fetchall()[0]
+    null_keys = con.execute(f"SELECT count(*) FROM candidate WHERE {any_null}").fetchall()[0][0]
+    figures = {"duplicate_keys": dup_keys, "duplicate_rows": int(extra_rows), "null_key_rows": null_keys}
+    failures: list[dict] = []
+    if dup_keys:
+        failures += _rows(
+            con,
+            f"SELECT {keys}, count(*) AS copies FROM candidate GROUP BY {keys} "
+            f"HAVING count(*) > 1 ORDER BY copies DESC, {keys} LIMIT {SAMPLE_ROWS}",
+        )
+    if null_keys:
+        failures += _rows(con, f"SELECT * FROM candidate WHERE {any_null} LIMIT {SAMPLE_ROWS}")
+    grain = "(" + ", ".join(spec.grain) + ")"
+    if dup_keys or null_keys:
+        summary = (
+            f"{dup_keys} grain keys {grain} appear more than once ({int(extra_rows)} extra rows); "
+            f"{null_keys} rows have a NULL key"
+        )
+    else:
+        summary = f"every grain key {grain} is unique and not NULL"
+    return CheckOutcome(UNIQUE, not (dup_keys or null_keys), summary, figures, failures)
+
+
+def check_complete(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    rows: Mapping[str, int],
+    previous_rows: Mapping[str, int],
+    stray_rows: int = 0,
+) -> CheckOutcome:
+    """`rows`: partition -> rows of the candidate; `previous_rows`: partition -> rows published now."""
+    failures: list[dict[str, Any]] = []
+    empty = [] if spec.sparse else [k for k, n in rows.items() if n == 0]
+    failures += [{"partition": k, "problem": "no rows"} for k in empty[:SAMPLE_ROWS]]
+    moved = []
+    for k, n in rows.items():
+        old = previous_rows.get(k)
+        if old and abs(n - old) > spec.max_row_change * old:
+            moved.append(
+                {
+                    "partition": k,
+                    "problem": "row count moved",
+                    "rows": n,
+                    "published_rows": old,
+                    "change": f"{(n - old) / old:+.1%}",
+                }
+            )
+    failures += moved[:SAMPLE_ROWS]
+    if stray_rows:
+        failures.append(
+            {"partition": "<outside window>", "problem": "rows outside the run's partitions", "rows": stray_rows}
+        )
+    null_failures = _null_rates(con, spec, sum(rows.values()))
+    failures += null_failures
+    figures = {
+        "partitions": len(rows),
+        "rows": sum(rows.values()),
+        "empty_partitions": len(empty),
+        "partitions_moved_beyond_tolerance": len(moved),
+        "rows_outside_window": stray_rows,
+        "columns_over_null_bound": len(null_failures),
+        "max_row_change": spec.max_row_change,
+    }
+    passed = not failures
+    if passed:
+        summary = f"{len(rows)} partitions present, {sum(rows.values())} rows, within bounds"
+    else:
+        parts = []
+        if empty:
+            parts.append(f"{len(empty)} empty partitions ({_preview(empty)})")
+        if moved:
+            m = moved[0]
+            parts.append(
+                f"{len(moved)} partitions changed row count by more than {spec.max_row_change:.0%} "
+                f"(e.g. {m['partition']}: {m['rows']} rows vs {m['published_rows']} published, {m['change']})"
+            )
+        if stray_rows:
+            parts.append(f"{stray_rows} rows fall outside the run's partitions")
+        parts += [f"column {f['column']}: {f['problem']}" for f in null_failures]
+        summary = "; ".join(parts)
+    return CheckOutcome(COMPLETE, passed, summary, figures, failures)
+
+
+def _null_rates(con: duckdb.DuckDBPyConnection, spec: TableSpec, total: int) -> list[dict[str, Any]]:
+    bounded = {
+        name: (0.0 if not col.nullable else col.max_null_rate)
+        for name, col in spec.columns.items()
+        if not col.nullable or col.max_null_rate is not None
+    }
+    if not bounded or not total:
+        return []
+    present = dict(describe(con, "SELECT * FROM candidate"))
+    bounded = {c: b for c, b in bounded.items() if c in present}  # a missing column is the schema check's finding
+    if not bounded:
+        return []
+    exprs = ", ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in bounded)
+    nulls = con.execute(f"SELECT {exprs} FROM candidate").fetchall()[0]
+    out = []
+    for (col, bound), n in zip(bounded.items(), nulls, strict=True):
+        if n / total > bound:
+            problem = f"{n} NULLs" if bound == 0 else f"null rate {n / total:.2%} above {bound:.2%}"
+            out.append({"column": col, "problem": problem, "null_rows": n})
+    return out
+
+
+def metric_values(con: duckdb.DuckDBPyConnection, spec: TableSpec, relation: str) -> dict[dt.date, dict[str, Any]]:
+    """partition date -> {metric: value} over `relation` (``candidate`` or ``previous``)."""
+    if not spec.metrics:
+        return {}
+    part = quote_ident(spec.partition_column)
+    # Metric expressions are code from the table spec, not user input.
+    exprs = ", ".join(f"{expr} AS {quote_ident(name)}" for name, expr in spec.metrics.items())
+    rows = _rows(con, f"SELECT {part} AS _p, {exprs} FROM {quote_ident(relation)} GROUP BY 1")
+    return {r.pop("_p"): r for r in rows}
+
+
+def check_reconciled(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    params: Mapping[str, Any],
+    actual: Mapping[dt.date, Mapping[str, Any]],
+) -> CheckOutcome:
+    """`actual`: the candidate's metric values per partition date (from :func:`metric_values`)."""
+    dates = [r[0] for r in con.execute("SELECT partition_date FROM _bfa_run").fetchall()]
+    figures: dict[str, Any] = {}
+    failures: list[dict[str, Any]] = []
+    broken = []
+    for rule in spec.rules:
+        if isinstance(rule, Reconcile):
+            expected = {
+                d: v for d, v in con.execute(rule.expected_sql, sql_params(rule.expected_sql, params)).fetchall()
+            }
+            bad = []
+            for d in dates:
+                a = _num(actual.get(d, {}).get(rule.metric))
+                e = _num(expected.get(d))
+                if abs(a - e) > max(rule.abs_tol, rule.rel_tol * abs(e)):
+                    bad.append(
+                        {"rule": rule.name, "partition": str(d), "actual": a, "expected": e, "difference": a - e}
+                    )
+            figures[f"{rule.name}.partitions_off"] = len(bad)
+            if bad:
+                worst = max(bad, key=lambda b: abs(b["difference"]))
+                broken.append(
+                    f"{rule.name}: {len(bad)} partitions off (worst {worst['partition']}: "
+                    f"{rule.metric} {worst['actual']:g} vs expected {worst['expected']:g})"
+                )
+            failures += bad[:SAMPLE_ROWS]
+        elif isinstance(rule, Invariant):
+            sql = rule.violations_sql
+            bound = sql_params(sql, params)
+            n = con.execute(f"SELECT count(*) FROM ({sql})", bound).fetchall()[0][0]
+            figures[f"{rule.name}.violations"] = n
+            if n:
+                broken.append(f"{rule.name}: {n} violating rows")
+                failures += [
+                    {"rule": rule.name, **r} for r in _rows(con, f"SELECT * FROM ({sql}) LIMIT {SAMPLE_ROWS}", bound)
+                ]
+    summary = "; ".join(broken) if broken else f"{len(spec.rules)} rules hold over {len(dates)} partitions"
+    return CheckOutcome(RECONCILED, not broken, summary, figures, failures)
+
+
+def _num(v: Any) -> float:
+    if v is None:
+        return 0.0
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    return float(v)
+
+
+def check_schema(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcome:
+    actual = dict(describe(con, "SELECT * FROM candidate"))
+    failures: list[dict[str, Any]] = []
+    for name, col in spec.columns.items():
+        if name not in actual:
+            failures.append({"column": name, "problem": "missing", "expected": col.type})
+        elif actual[name].upper() != col.type.upper():
+            failures.append({"column": name, "problem": "type", "expected": col.type, "actual": actual[name]})
+    failures += [
+        {"column": c, "problem": "not declared", "actual": t} for c, t in actual.items() if c not in spec.columns
+    ]
+    sampled = 0
+    checked = {n: c for n, c in spec.columns.items() if c.checks and n in actual}
+    if checked:
+        cols = ", ".join(quote_ident(c) for c in checked)
+        df = con.execute(
+            f"SELECT {cols} FROM candidate USING SAMPLE reservoir({SCHEMA_SAMPLE_ROWS} ROWS) REPEATABLE (7)"
+        ).df()
+        sampled = len(df)
+        schema = pa.DataFrameSchema({n: pa.Column(checks=list(c.checks), nullable=True) for n, c in checked.items()})
+        try:
+            schema.validate(df, lazy=True)
+        except pa.errors.SchemaErrors as e:
+            cases = e.failure_cases.head(SAMPLE_ROWS * 2)
+            failures += [
+                {"column": r["column"], "problem": f"check {r['check']}", "value": r["failure_case"]}
+                for r in cases.to_dict("records")
+            ]
+    figures = {
+        "columns": len(actual),
+        "declared_columns": len(spec.columns),
+        "problems": len(failures),
+        "rows_sampled_for_value_checks": sampled,
+    }
+    if failures:
+        summary = "; ".join(f"{f['column']}: {f['problem']}" for f in failures[:SAMPLE_ROWS])
+    else:
+        summary = f"{len(spec.columns)} columns as declared"
+    return CheckOutcome(SCHEMA, not failures, summary, figures, failures)
+
+
+def _preview(items: Sequence[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")

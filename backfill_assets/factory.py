@@ -1,0 +1,218 @@
+"""Turn a :class:`TableSpec` and a transform into a partitioned, write-audit-publish Dagster asset."""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+
+from . import audit
+from .publish import RunReport, Transform, audit_published, write_audit_publish
+from .spec import Consumer, TableSpec
+
+POOL = "duckdb"
+WAREHOUSE_KEY = "warehouse"
+
+ParamsFn = Callable[[], Mapping[str, Any]]
+
+
+def derived_asset(
+    spec: TableSpec,
+    transform: Transform,
+    *,
+    deps: Sequence[dg.AssetDep | dg.AssetKey | str | dg.AssetsDefinition | dg.AssetSpec] = (),
+    params: Mapping[str, Any] | ParamsFn | None = None,
+) -> dg.AssetsDefinition:
+    """Build the asset for `spec`.
+
+    `transform` is SQL (``$start``/``$end`` bound to the window, end exclusive, plus `params`) or a
+    function of a :class:`TransformContext` returning a DuckDB relation or DataFrame. It must
+    return the rows of every partition in the window. `deps` are upstream assets (an
+    ``AssetDep`` carries a partition mapping); the transform reads their published relations.
+    `params` (or a function returning them, called at run time, e.g. to read a secret from the
+    environment) are bound into the SQL and are never recorded.
+
+    A run stages its rows as new versions, runs the checks, and publishes atomically only if
+    every check passes; otherwise it records the failed checks and fails with the reason,
+    leaving the published data untouched. Selecting only the checks (the UI's "Execute
+    checks") audits everything published now.
+    """
+    names = audit.check_names(spec)
+    check_specs = [
+        dg.AssetCheckSpec(n, asset=spec.key, blocking=True, description=audit.CHECK_DESCRIPTIONS[n]) for n in names
+    ]
+
+    @dg.multi_asset(
+        name=spec.name,
+        specs=[_asset_spec(spec, deps)],
+        check_specs=check_specs,
+        can_subset=True,
+        partitions_def=spec.partitions,
+        backfill_policy=spec.backfill_policy,
+        pool=POOL,
+        required_resource_keys={WAREHOUSE_KEY},
+    )
+    def _asset(context: dg.AssetExecutionContext):
+        warehouse = getattr(context.resources, WAREHOUSE_KEY)
+        bound = params() if callable(params) else dict(params or {})
+        with warehouse.get_connection() as con:
+            if spec.key not in context.selected_asset_keys:
+                outcomes = audit_published(con, spec, bound)
+                for o in outcomes:
+                    if dg.AssetCheckKey(spec.key, o.name) in context.selected_asset_check_keys:
+                        yield _check_result(spec, o)
+                return
+            keys = context.partition_keys
+            partitions = [(k, spec.partitions.time_window_for_partition_key(k).start.date()) for k in keys]
+            context.log.info(f"{spec.name}: writing {len(keys)} partitions {keys[0]}..{keys[-1]} as a new version")
+            report = write_audit_publish(
+                con,
+                spec,
+                transform,
+                partitions,
+                run_id=context.run.run_id,
+                params=bound,
+                record={"run_tags": {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
+            )
+        results = [_check_result(spec, o) for o in report.outcomes]
+        if not report.published:
+            yield from results
+            raise dg.Failure(
+                description=report.failure_message(), metadata={"held_partitions": len(keys)}, allow_retries=False
+            )
+        context.log.info(
+            f"{spec.name}: published {len(keys)} partitions, {report.rows} rows "
+            f"(transform {report.transform_s:.2f}s, audit {report.audit_s:.2f}s)"
+        )
+        yield dg.MaterializeResult(asset_key=spec.key, metadata=_run_metadata(report), check_results=results)
+
+    return _asset
+
+
+def _asset_spec(spec: TableSpec, deps) -> dg.AssetSpec:
+    columns = dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name,
+                col.type,
+                description=col.description or None,
+                constraints=dg.TableColumnConstraints(nullable=col.nullable, unique=False),
+            )
+            for name, col in spec.columns.items()
+        ]
+    )
+    metadata: dict[str, Any] = {
+        "dagster/table_name": f"main.{spec.name}",
+        "grain": ", ".join(spec.grain),
+        "partition_column": spec.partition_column,
+    }
+    if spec.columns:
+        metadata["dagster/column_schema"] = columns
+    if spec.consumers:
+        metadata["consumers"] = dg.MetadataValue.md(_consumers_md(spec.consumers))
+    if spec.rules:
+        metadata["rules"] = dg.MetadataValue.md(
+            "\n".join(f"- **{r.name}**: {r.description or type(r).__name__}" for r in spec.rules)
+        )
+    return dg.AssetSpec(
+        key=spec.key,
+        deps=list(deps),
+        description=spec.description or None,
+        code_version=spec.code_version,
+        owners=list(spec.owners),
+        kinds={"duckdb"},
+        group_name=spec.group,
+        tags=dict(spec.tags),
+        metadata=metadata,
+    )
+
+
+def _consumers_md(consumers: Sequence[Consumer]) -> str:
+    lines = ["| consumer | kind | owners |", "| --- | --- | --- |"]
+    lines += [f"| {c.name} | {c.kind} | {', '.join(c.owners)} |" for c in consumers]
+    return "\n".join(lines)
+
+
+def _check_result(spec: TableSpec, o: audit.CheckOutcome) -> dg.AssetCheckResult:
+    metadata: dict[str, Any] = {"summary": o.summary, **{k: _metadata_value(v) for k, v in o.figures.items()}}
+    if o.failures:
+        metadata["failing_sample"] = dg.MetadataValue.md(_md_table(o.failures))
+    return dg.AssetCheckResult(
+        asset_key=spec.key,
+        check_name=o.name,
+        passed=o.passed,
+        metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=o.summary,
+    )
+
+
+def _metadata_value(v: Any) -> Any:
+    return v if isinstance(v, int | float | str | bool) else str(v)
+
+
+def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _run_metadata(report: RunReport) -> dict[str, Any]:
+    keys = sorted(report.partitions)
+    versions = [v for v, _, _ in report.partitions.values()]
+    md: dict[str, Any] = {
+        "partitions_published": len(keys),
+        "rows_in_run": report.rows,
+        "transform_seconds": round(report.transform_s, 3),
+        "audit_seconds": round(report.audit_s, 3),
+        "versions": f"{min(versions)}..{max(versions)}",
+    }
+    if len(keys) == 1:
+        _, rows, content_hash = report.partitions[keys[0]]
+        md["dagster/row_count"] = rows
+        md["content_hash"] = content_hash
+    else:
+        md["rows_per_partition"] = dg.MetadataValue.md(
+            _md_table(
+                [
+                    {"partition": k, "rows": report.partitions[k][1], "content_hash": report.partitions[k][2]}
+                    for k in keys
+                ]
+            )
+        )
+    if report.metrics_after:
+        md["metric_changes"] = dg.MetadataValue.md(_metric_changes_md(report))
+    return md
+
+
+def _metric_changes_md(report: RunReport) -> str:
+    rows = []
+    for key, after in report.metrics_after.items():
+        before = report.metrics_before.get(key, {})
+        for metric, new in after.items():
+            old = before.get(metric)
+            delta = "" if old is None or new is None else f"{float(new) - float(old):+g}"
+            rows.append(
+                {"partition": key, "metric": metric, "before": "" if old is None else old, "after": new, "delta": delta}
+            )
+    return _md_table(rows)
+
+
+def consumer_specs(specs: Sequence[TableSpec]) -> list[dg.AssetSpec]:
+    """External assets for the dashboards and exports the tables feed, so lineage shows them."""
+    readers: dict[dg.AssetKey, tuple[Consumer, list[dg.AssetKey]]] = {}
+    for spec in specs:
+        for c in spec.consumers:
+            readers.setdefault(c.key, (c, []))[1].append(spec.key)
+    return [
+        dg.AssetSpec(
+            key=key,
+            deps=tables,
+            kinds={c.kind},
+            owners=list(c.owners),
+            group_name="consumers",
+            description=f"{c.kind.capitalize()} '{c.name}', reads {', '.join(t.to_user_string() for t in tables)}.",
+            metadata={"consumer": c.name, **({"url": dg.MetadataValue.url(c.url)} if c.url else {})},
+        )
+        for key, (c, tables) in readers.items()
+    ]

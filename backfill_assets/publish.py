@@ -1,0 +1,197 @@
+"""Write-audit-publish for one run of one table: stage a new version of each partition next to the
+published one, audit it, and flip the pointer only when every check passes; otherwise hold it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from . import audit, warehouse
+from .spec import TableSpec
+
+SOURCE_VIEW = "_bfa_source"
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """What a Python transform gets: an open connection and the window it must produce (end exclusive)."""
+
+    con: duckdb.DuckDBPyConnection
+    start: dt.date
+    end: dt.date
+    partition_keys: Sequence[str]
+    params: Mapping[str, Any]
+
+    def sql(self, query: str, **extra: Any) -> duckdb.DuckDBPyRelation:
+        """Run `query` with ``$start``, ``$end`` and the asset's params bound (plus `extra`)."""
+        values = {**self.params, "start": self.start, "end": self.end, **extra}
+        return self.con.sql(query, params=warehouse.sql_params(query, values))
+
+
+Transform = str | Callable[[TransformContext], "duckdb.DuckDBPyRelation | pd.DataFrame"]
+
+
+@dataclass
+class RunReport:
+    """What one write-audit-publish run did."""
+
+    asset: str
+    published: bool
+    outcomes: list[audit.CheckOutcome]
+    partitions: dict[str, tuple[int, int, str]]  # key -> (version, rows, content hash)
+    metrics_before: dict[str, dict[str, Any]]  # key -> metric -> value
+    metrics_after: dict[str, dict[str, Any]]
+    transform_s: float
+    audit_s: float
+
+    @property
+    def rows(self) -> int:
+        return sum(n for _, n, _ in self.partitions.values())
+
+    @property
+    def failed(self) -> list[audit.CheckOutcome]:
+        return [o for o in self.outcomes if not o.passed]
+
+    def failure_message(self) -> str:
+        keys = sorted(self.partitions)
+        where = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
+        checks = "; ".join(f"check '{o.name}' failed: {o.summary}" for o in self.failed)
+        return (
+            f"{self.asset} [{where}] held, not published: {checks}. "
+            "Published data is unchanged; the candidate is kept as a held version for inspection."
+        )
+
+
+def write_audit_publish(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    transform: Transform,
+    partitions: Sequence[tuple[str, dt.date]],
+    *,
+    run_id: str,
+    params: Mapping[str, Any] | None = None,
+    record: Mapping[str, Any] | None = None,
+) -> RunReport:
+    """Run `transform` for `partitions` (key, start date) and publish the result only if it passes.
+
+    `params` are bound into the transform and rule SQL; `record` is extra run context stored in
+    the ledger (run tags, brief id, ...); secrets belong in `params`, never in `record`.
+    """
+    if not partitions:
+        raise ValueError(f"{spec.name}: no partitions to write")
+    params = dict(params or {})
+    dates = [d for _, d in partitions]
+    window = {
+        "start": min(dates),
+        "end": spec.partitions.time_window_for_partition_key(max(partitions, key=lambda p: p[1])[0]).end.date(),
+    }
+    warehouse.abandon_orphans(con, spec.name)
+    cand = warehouse.allocate(con, spec.name, partitions, run_id, spec.code_version)
+    try:
+        t0 = time.perf_counter()
+        _create_source_view(con, spec, transform, window, [k for k, _ in partitions], params)
+        warehouse.stage(con, cand, spec.partition_column, SOURCE_VIEW)
+        t1 = time.perf_counter()
+        all_versions = [*cand.versions.values(), cand.stray_version]
+        stats = warehouse.version_stats(con, spec.name, all_versions)
+        warehouse.create_candidate_views(con, spec.name, spec.partition_column)
+        previous = warehouse.published_partitions(con, spec.name)
+        outcomes, before, after = _audit(
+            con,
+            spec,
+            partitions,
+            {**params, **window},
+            rows={k: stats[v][0] for k, v in cand.versions.items()},
+            previous_rows={k: previous[k][1] for k in cand.versions if k in previous},
+            stray_rows=stats[cand.stray_version][0],
+        )
+        t2 = time.perf_counter()
+    except BaseException:
+        warehouse.abandon_orphans(con, spec.name)
+        raise
+    report = RunReport(
+        spec.name,
+        not any(not o.passed for o in outcomes),
+        outcomes,
+        {k: (v, *stats[v]) for k, v in cand.versions.items()},
+        before,
+        after,
+        t1 - t0,
+        t2 - t1,
+    )
+    ledger = {
+        "checks": {o.name: {"passed": o.passed, "summary": o.summary, "figures": o.figures} for o in outcomes},
+        "metrics": {"before": before, "after": after},
+        "params": {
+            "window": window,
+            "timings_s": {"transform": report.transform_s, "audit": report.audit_s},
+            **(record or {}),
+        },
+    }
+    if report.published:
+        warehouse.publish(con, cand, stats, **ledger)
+    else:
+        warehouse.hold(con, cand, stats, reason=report.failure_message(), **ledger)
+    return report
+
+
+def audit_published(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, params: Mapping[str, Any] | None = None
+) -> list[audit.CheckOutcome]:
+    """Run the table's checks against everything published now (nothing is written)."""
+    published = warehouse.published_partitions(con, spec.name)
+    dated = [(k, spec.partitions.time_window_for_partition_key(k)) for k in published]
+    warehouse.load_run_table(con, [(k, w.start.date(), published[k][0]) for k, w in dated])
+    if not dated:
+        return [
+            audit.CheckOutcome(name, False, f"{spec.name} has no published partitions to check")
+            for name in audit.check_names(spec)
+        ]
+    warehouse.create_published_views(con, spec.name)
+    window = {"start": min(w.start.date() for _, w in dated), "end": max(w.end.date() for _, w in dated)}
+    outcomes, _, _ = _audit(
+        con,
+        spec,
+        [(k, w.start.date()) for k, w in dated],
+        {**(params or {}), **window},
+        rows={k: v[1] for k, v in published.items()},
+        previous_rows={},
+    )
+    return outcomes
+
+
+def _audit(con, spec, partitions, params, *, rows, previous_rows, stray_rows=0):
+    by_date = {d: k for k, d in partitions}
+    after = audit.metric_values(con, spec, "candidate")
+    before = audit.metric_values(con, spec, "previous")
+    outcomes = [audit.check_unique(con, spec), audit.check_complete(con, spec, rows, previous_rows, stray_rows)]
+    if spec.rules:
+        outcomes.append(audit.check_reconciled(con, spec, params, after))
+    if spec.columns:
+        outcomes.append(audit.check_schema(con, spec))
+
+    def keyed(values):
+        return {by_date[d]: m for d, m in sorted(values.items()) if d in by_date}
+
+    return outcomes, keyed(before), keyed(after)
+
+
+def _create_source_view(con, spec, transform, window, keys, params) -> None:
+    if isinstance(transform, str):
+        rel = con.sql(transform, params=warehouse.sql_params(transform, {**params, **window}))
+    else:
+        rel = transform(TransformContext(con, window["start"], window["end"], keys, params))
+        if isinstance(rel, pd.DataFrame):
+            rel = con.from_df(rel)
+        if not isinstance(rel, duckdb.DuckDBPyRelation):
+            raise TypeError(
+                f"{spec.name}: the transform must return a DuckDB relation or a pandas DataFrame, "
+                f"not {type(rel).__name__}"
+            )
+    rel.create_view(SOURCE_VIEW, replace=True)

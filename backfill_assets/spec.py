@@ -1,0 +1,149 @@
+"""Declarative description of a derived table: the contract every backfill is audited against."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SpecError(ValueError):
+    """A table spec that cannot work; the message names the table and the fix."""
+
+
+def quote_ident(name: str) -> str:
+    """Validate an SQL identifier and return it double-quoted; refuses anything else."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise SpecError(f"{name!r} is not a valid identifier: use letters, digits and _, not starting with a digit")
+    return f'"{name}"'
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the table: its DuckDB type, meaning, and what values are acceptable.
+
+    `checks` are pandera checks (e.g. ``pa.Check.ge(0)``), validated on a bounded sample of each
+    candidate. `nullable=False` is enforced on every row, in the database.
+    """
+
+    type: str
+    description: str = ""
+    nullable: bool = True
+    max_null_rate: float | None = None
+    checks: Sequence[Any] = ()
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """Something people read that depends on the table: a dashboard, an export, a report."""
+
+    name: str
+    kind: str = "dashboard"
+    owners: Sequence[str] = ()
+    url: str = ""
+
+    @property
+    def key(self) -> dg.AssetKey:
+        slug = re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
+        return dg.AssetKey(["consumers", slug])
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """The table's `metric` must equal, per partition, the value computed by `expected_sql`.
+
+    `expected_sql` returns two columns, ``(partition_date, value)``, one row per partition; it may
+    use the bound window parameters ``$start`` and ``$end`` (dates, end exclusive). A partition
+    passes when ``|actual - expected| <= abs_tol`` or ``<= rel_tol * |expected|``.
+    """
+
+    name: str
+    metric: str
+    expected_sql: str
+    abs_tol: float = 0.0
+    rel_tol: float = 0.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """A rule stated as a query returning the rows that break it; no rows means it holds.
+
+    The rows being audited are readable as the relation ``candidate``; ``$start`` and ``$end``
+    are bound to the window.
+    """
+
+    name: str
+    violations_sql: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A partitioned, versioned derived table.
+
+    The `partition_column` is a DATE column holding the start date of the row's partition
+    (the day, the week's first day, the month's first day).
+    """
+
+    name: str
+    partitions: dg.TimeWindowPartitionsDefinition
+    partition_column: str
+    grain: Sequence[str]
+    columns: dict[str, Column]
+    code_version: str
+    description: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)
+    rules: Sequence[Reconcile | Invariant] = ()
+    consumers: Sequence[Consumer] = ()
+    owners: Sequence[str] = ()
+    group: str | None = None
+    sparse: bool = False
+    max_row_change: float = 0.5
+    partitions_per_run: int | None = None  # None: the whole range in one run
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"table spec {self.name!r}"
+        quote_ident(self.name)
+        for col in (self.partition_column, *self.grain, *self.columns):
+            try:
+                quote_ident(col)
+            except SpecError as e:
+                raise SpecError(f"{where}: {e}") from None
+        if not isinstance(self.partitions, dg.TimeWindowPartitionsDefinition):
+            raise SpecError(f"{where}: partitions must be a time-window partitions definition (daily, weekly, monthly)")
+        if not self.grain:
+            raise SpecError(f"{where}: declare the grain, the columns that identify one row")
+        if self.columns:
+            missing = [c for c in (self.partition_column, *self.grain) if c not in self.columns]
+            if missing:
+                raise SpecError(f"{where}: grain/partition columns {missing} are not among the declared columns")
+            if self.columns[self.partition_column].type.upper() != "DATE":
+                raise SpecError(f"{where}: partition column {self.partition_column!r} must have type DATE")
+        for rule in self.rules:
+            if isinstance(rule, Reconcile) and rule.metric not in self.metrics:
+                raise SpecError(
+                    f"{where}: rule {rule.name!r} reconciles unknown metric {rule.metric!r}; declare it in metrics"
+                )
+        if not self.max_row_change >= 0:
+            raise SpecError(f"{where}: max_row_change must be >= 0")
+        if self.partitions_per_run is not None and self.partitions_per_run < 1:
+            raise SpecError(f"{where}: partitions_per_run must be at least 1")
+        if len({r.name for r in self.rules}) != len(self.rules):
+            raise SpecError(f"{where}: rule names must be unique")
+
+    @property
+    def backfill_policy(self) -> dg.BackfillPolicy:
+        if self.partitions_per_run is None:
+            return dg.BackfillPolicy.single_run()
+        return dg.BackfillPolicy.multi_run(self.partitions_per_run)
+
+    @property
+    def key(self) -> dg.AssetKey:
+        return dg.AssetKey(self.name)

@@ -1,0 +1,431 @@
+"""All DuckDB storage: versioned rows, the publish pointer, the ledger. The only module that writes.
+
+Layout, for a derived table ``t``:
+
+- ``bfa.t``: every version's rows side by side, plus a ``_bfa_version`` column.
+- ``bfa.versions``: one row per (table, partition) candidate: status, rows, content hash, run.
+- ``bfa.published``: the pointer, (table, partition) -> the version consumers read.
+- ``main.t``: a view of ``bfa.t`` restricted to published versions. Downstream assets, dashboards
+  and people read this, so publishing and rolling back are one small transaction on the pointer.
+- ``bfa.ledger``: one entry per publish / hold / abandon, with checks, metrics and parameters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from .spec import quote_ident
+
+VERSION_COLUMN = "_bfa_version"
+DEFAULT_DB_PATH = "data/warehouse.duckdb"
+
+_CATALOG_DDL = """
+CREATE SCHEMA IF NOT EXISTS bfa;
+CREATE SEQUENCE IF NOT EXISTS bfa.version_seq START 1;
+CREATE SEQUENCE IF NOT EXISTS bfa.ledger_seq START 1;
+CREATE TABLE IF NOT EXISTS bfa.versions (
+    version BIGINT NOT NULL,
+    asset VARCHAR NOT NULL,
+    partition_key VARCHAR NOT NULL,
+    run_id VARCHAR,
+    code_version VARCHAR,
+    status VARCHAR NOT NULL,        -- staged | published | held | superseded | abandoned
+    row_count BIGINT,
+    content_hash VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    decided_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS bfa.published (
+    asset VARCHAR NOT NULL,
+    partition_key VARCHAR NOT NULL,
+    version BIGINT NOT NULL,
+    published_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bfa.ledger (
+    entry_id BIGINT NOT NULL,
+    recorded_at TIMESTAMP NOT NULL,
+    asset VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,        -- publish | hold | abandon
+    run_id VARCHAR,
+    code_version VARCHAR,
+    actor VARCHAR,
+    partition_keys VARCHAR[],
+    versions BIGINT[],
+    row_count BIGINT,
+    checks JSON,
+    metrics JSON,
+    params JSON,
+    reason VARCHAR
+);
+"""
+
+# Fields of bfa.ledger a caller may fill, in a fixed order so inserts can bind them.
+_LEDGER_FIELDS = ("code_version", "partition_keys", "versions", "row_count", "checks", "metrics", "params", "reason")
+
+
+class WarehouseLockTimeout(RuntimeError):
+    """Another process held the DuckDB file for longer than the configured timeout."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Warehouse(DuckDBResource):
+    """The DuckDB file derived tables live in.
+
+    Extends dagster-duckdb's resource: waits (and says so in the log) while another process holds
+    the file's single write lock, fails clearly past `lock_timeout_s`, and always closes its
+    connection, also when the step fails.
+    """
+
+    database: str = Field(
+        default_factory=lambda: os.environ.get("BACKFILL_ASSETS_DB", DEFAULT_DB_PATH),
+        description="Path of the DuckDB file; defaults to $BACKFILL_ASSETS_DB, else data/warehouse.duckdb.",
+    )
+    lock_timeout_s: float = Field(
+        default=600.0, description="How long to wait for another process to release the DuckDB file."
+    )
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = connect(self.database, self.connection_config, self.lock_timeout_s)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def connect(
+    path: str, config: dict[str, Any] | None = None, lock_timeout_s: float = 600.0
+) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse for writing, waiting for another writer to let go of the file."""
+    if path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    deadline = time.monotonic() + lock_timeout_s
+    next_note = 0.0
+    while True:
+        try:
+            con = duckdb.connect(path, config=dict(config or {}))
+            break
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise
+            now = time.monotonic()
+            if now >= deadline:
+                raise WarehouseLockTimeout(
+                    f"DuckDB file {path} stayed locked by another process for {lock_timeout_s:.0f}s; "
+                    "close the other connection (a notebook or shell?) and retry. Nothing was changed."
+                ) from None
+            if now >= next_note:
+                dg.get_dagster_logger().warning(f"Waiting for the DuckDB write lock on {path}: {e}")
+                next_note = now + 10
+            time.sleep(0.2)
+    ensure_catalog(con)
+    return con
+
+
+def ensure_catalog(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(_CATALOG_DDL)
+
+
+def version_table(asset: str) -> str:
+    return f"bfa.{quote_ident(asset)}"
+
+
+def sql_params(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `params` that `sql` references as ``$name`` (DuckDB rejects extra ones)."""
+    used = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", sql))
+    missing = used - params.keys()
+    if missing:
+        raise ValueError(f"SQL uses parameters {sorted(missing)} that were not provided")
+    return {k: v for k, v in params.items() if k in used}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Versions allocated for one run of one table: one per partition, plus one for stray rows."""
+
+    asset: str
+    run_id: str
+    code_version: str
+    versions: dict[str, int]  # partition key -> version
+    stray_version: int  # rows whose partition column falls outside the run's window
+
+
+def allocate(
+    con: duckdb.DuckDBPyConnection,
+    asset: str,
+    partitions: Sequence[tuple[str, dt.date]],
+    run_id: str,
+    code_version: str,
+) -> Candidate:
+    """Reserve one version per partition and describe them in the temp table ``_bfa_run``.
+
+    Committed as 'staged' before any row is written, so a crash leaves a trace that
+    :func:`abandon_orphans` cleans on the next run.
+    """
+    n = len(partitions) + 1
+    ids = [r[0] for r in con.execute("SELECT nextval('bfa.version_seq') FROM range(?)", [n]).fetchall()]
+    now = _now()
+    keys = [k for k, _ in partitions] + ["<outside window>"]
+    con.executemany(
+        "INSERT INTO bfa.versions (version, asset, partition_key, run_id, code_version, status, created_at) "
+        "VALUES (?, ?, ?, ?, ?, 'staged', ?)",
+        [(v, asset, k, run_id, code_version, now) for v, k in zip(ids, keys, strict=True)],
+    )
+    load_run_table(con, [(k, d, v) for (k, d), v in zip(partitions, ids, strict=False)])
+    return Candidate(asset, run_id, code_version, dict(zip([k for k, _ in partitions], ids, strict=False)), ids[-1])
+
+
+def load_run_table(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, dt.date, int]]) -> None:
+    """The temp table ``_bfa_run``: (partition_key, partition_date, version) being written or audited."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _bfa_run (partition_key VARCHAR, partition_date DATE, version BIGINT)")
+    con.executemany("INSERT INTO _bfa_run VALUES (?, ?, ?)", list(rows))
+
+
+def abandon_orphans(con: duckdb.DuckDBPyConnection, asset: str) -> int:
+    """Drop rows of versions still 'staged' from a run that died; returns how many versions."""
+    orphans = [
+        r[0]
+        for r in con.execute(
+            "SELECT version FROM bfa.versions WHERE asset = ? AND status = 'staged'", [asset]
+        ).fetchall()
+    ]
+    if not orphans:
+        return 0
+    con.execute("BEGIN")
+    if table_exists(con, asset):
+        con.execute(f"DELETE FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?))", [orphans])
+    _set_status(con, orphans, "abandoned")
+    _ledger(con, asset, "abandon", None, versions=orphans, reason="staged by a run that did not finish")
+    con.execute("COMMIT")
+    return len(orphans)
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, asset: str) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'bfa' AND table_name = ?", [asset]
+        ).fetchall()[0][0]
+    )
+
+
+def describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[str, str]]:
+    """(column, type) of a relation, without running it."""
+    return [(r[0], r[1]) for r in con.execute(f"DESCRIBE {relation_sql}").fetchall()]
+
+
+def stage(con: duckdb.DuckDBPyConnection, cand: Candidate, partition_column: str, source_view: str) -> None:
+    """Write the rows of `source_view` as the run's candidate versions (committed, not published).
+
+    Each row gets the version of the partition its `partition_column` falls in; rows outside
+    the run's window get the stray version so the completeness check can report them.
+    """
+    asset = cand.asset
+    table = version_table(asset)
+    source_cols = describe(con, f"SELECT * FROM {quote_ident(source_view)}")
+    if VERSION_COLUMN in dict(source_cols):
+        raise ValueError(f"{asset}: the transform must not return a column named {VERSION_COLUMN}")
+    con.execute("BEGIN")
+    if not table_exists(con, asset):
+        cols = ", ".join(f"{quote_ident(c)} {t}" for c, t in source_cols)
+        con.execute(f"CREATE TABLE {table} ({cols}, {VERSION_COLUMN} BIGINT NOT NULL)")
+        _create_view(con, asset)
+    else:
+        existing = dict(describe(con, f"SELECT * FROM {table}"))
+        for col, typ in source_cols:
+            if col not in existing:
+                # A new field: older versions read it as NULL.
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} {typ}")
+            elif existing[col] != typ:
+                con.execute("ROLLBACK")
+                raise ValueError(
+                    f"{asset}: column {col!r} changes type from {existing[col]} to {typ}; "
+                    "cast it in the transform or migrate the table to a new name"
+                )
+    part = quote_ident(partition_column)
+    con.execute(
+        f"INSERT INTO {table} BY NAME "
+        f"SELECT s.*, coalesce(r.version, ?) AS {VERSION_COLUMN} "
+        f"FROM {quote_ident(source_view)} s LEFT JOIN _bfa_run r ON s.{part} = r.partition_date",
+        [cand.stray_version],
+    )
+    con.execute("COMMIT")
+
+
+def _create_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
+    # The asset name is a validated identifier; it is the only non-bound text in these views.
+    con.execute(
+        f"CREATE OR REPLACE VIEW main.{quote_ident(asset)} AS "
+        f"SELECT * EXCLUDE ({VERSION_COLUMN}) FROM {version_table(asset)} "
+        f"WHERE {VERSION_COLUMN} IN (SELECT version FROM bfa.published WHERE asset = '{asset}')"
+    )
+
+
+def create_candidate_views(con: duckdb.DuckDBPyConnection, asset: str, partition_column: str) -> None:
+    """Temp views ``candidate`` (this run's in-window rows) and ``previous`` (what is published now
+    for the same partitions), both without the version column."""
+    table = version_table(asset)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW candidate AS SELECT * EXCLUDE ({VERSION_COLUMN}) FROM {table} "
+        f"WHERE {VERSION_COLUMN} IN (SELECT version FROM _bfa_run)"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW previous AS SELECT * FROM main.{quote_ident(asset)} "
+        f"WHERE {quote_ident(partition_column)} IN (SELECT partition_date FROM _bfa_run)"
+    )
+
+
+def create_published_views(con: duckdb.DuckDBPyConnection, asset: str) -> None:
+    """For auditing what is published (``_bfa_run`` loaded with the published partitions):
+    ``candidate`` is the published table and ``previous`` is empty."""
+    view = f"main.{quote_ident(asset)}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW candidate AS SELECT * FROM {view}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW previous AS SELECT * FROM {view} WHERE false")
+
+
+def version_stats(con: duckdb.DuckDBPyConnection, asset: str, versions: Sequence[int]) -> dict[int, tuple[int, str]]:
+    """Rows and an order-independent content hash of each version (count + sum of row hashes)."""
+    rows = con.execute(
+        f"SELECT {VERSION_COLUMN}, count(*), sum(hash(*COLUMNS(* EXCLUDE ({VERSION_COLUMN}))))::HUGEINT "
+        f"FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?)) GROUP BY 1",
+        [list(versions)],
+    ).fetchall()
+    stats = {v: (0, _content_hash(0, 0)) for v in versions}
+    stats.update({v: (n, _content_hash(n, h)) for v, n, h in rows})
+    return stats
+
+
+def _content_hash(rows: int, hash_sum: int) -> str:
+    return f"{rows}:{hash_sum % 2**64:016x}"
+
+
+def publish(
+    con: duckdb.DuckDBPyConnection,
+    cand: Candidate,
+    stats: dict[int, tuple[int, str]],
+    **ledger: Any,
+) -> None:
+    """Point every partition of the candidate at its new version, in one transaction."""
+    now = _now()
+    new = list(cand.versions.values())
+    con.execute("BEGIN")
+    _record_stats(con, stats)
+    con.execute(
+        "UPDATE bfa.versions SET status = 'superseded', decided_at = ? WHERE version IN "
+        "(SELECT version FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?)))",
+        [now, cand.asset, list(cand.versions)],
+    )
+    con.execute(
+        "DELETE FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?))",
+        [cand.asset, list(cand.versions)],
+    )
+    con.executemany(
+        "INSERT INTO bfa.published VALUES (?, ?, ?, ?)", [(cand.asset, k, v, now) for k, v in cand.versions.items()]
+    )
+    _set_status(con, new, "published", now)
+    _drop_empty_stray(con, cand, stats)
+    _ledger(
+        con,
+        cand.asset,
+        "publish",
+        cand.run_id,
+        versions=new,
+        partition_keys=list(cand.versions),
+        code_version=cand.code_version,
+        row_count=sum(stats[v][0] for v in new),
+        **ledger,
+    )
+    con.execute("COMMIT")
+
+
+def hold(
+    con: duckdb.DuckDBPyConnection,
+    cand: Candidate,
+    stats: dict[int, tuple[int, str]],
+    **ledger: Any,
+) -> None:
+    """Keep the candidate for inspection, unpublished; the published data is not touched."""
+    versions = [*cand.versions.values(), cand.stray_version]
+    con.execute("BEGIN")
+    _record_stats(con, stats)
+    _set_status(con, versions, "held")
+    _drop_empty_stray(con, cand, stats)
+    _ledger(
+        con,
+        cand.asset,
+        "hold",
+        cand.run_id,
+        versions=list(cand.versions.values()),
+        partition_keys=list(cand.versions),
+        code_version=cand.code_version,
+        row_count=sum(stats[v][0] for v in cand.versions.values()),
+        **ledger,
+    )
+    con.execute("COMMIT")
+
+
+def _set_status(con: duckdb.DuckDBPyConnection, versions: Sequence[int], status: str, at: dt.datetime | None = None):
+    con.execute(
+        "UPDATE bfa.versions SET status = ?, decided_at = ? WHERE version IN (SELECT unnest(?))",
+        [status, at or _now(), list(versions)],
+    )
+
+
+def _record_stats(con: duckdb.DuckDBPyConnection, stats: dict[int, tuple[int, str]]) -> None:
+    con.executemany(
+        "UPDATE bfa.versions SET row_count = ?, content_hash = ? WHERE version = ?",
+        [(n, h, v) for v, (n, h) in stats.items()],
+    )
+
+
+def _drop_empty_stray(con: duckdb.DuckDBPyConnection, cand: Candidate, stats: dict[int, tuple[int, str]]) -> None:
+    if stats.get(cand.stray_version, (0, ""))[0] == 0:
+        con.execute("DELETE FROM bfa.versions WHERE version = ?", [cand.stray_version])
+
+
+def _ledger(con: duckdb.DuckDBPyConnection, asset: str, action: str, run_id: str | None, **fields: Any) -> None:
+    unknown = fields.keys() - set(_LEDGER_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown ledger fields {sorted(unknown)}")
+    values = [fields.get(f) for f in _LEDGER_FIELDS]
+    for i, f in enumerate(_LEDGER_FIELDS):
+        if f in ("checks", "metrics", "params") and values[i] is not None:
+            values[i] = json.dumps(values[i], default=str, sort_keys=True)
+    con.execute(
+        f"INSERT INTO bfa.ledger (entry_id, recorded_at, asset, action, run_id, actor, {', '.join(_LEDGER_FIELDS)}) "
+        f"VALUES (nextval('bfa.ledger_seq'), ?, ?, ?, ?, ?, {', '.join('?' * len(_LEDGER_FIELDS))})",
+        [_now(), asset, action, run_id, _actor(), *values],
+    )
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def published_partitions(con: duckdb.DuckDBPyConnection, asset: str) -> dict[str, tuple[int, int, str]]:
+    """partition key -> (version, rows, content hash) of what consumers read now."""
+    rows = con.execute(
+        "SELECT p.partition_key, p.version, v.row_count, v.content_hash FROM bfa.published p "
+        "JOIN bfa.versions v USING (version) WHERE p.asset = ? ORDER BY 1",
+        [asset],
+    ).fetchall()
+    return {k: (v, n, h) for k, v, n, h in rows}
