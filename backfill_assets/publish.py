@@ -188,7 +188,8 @@ def _create_source_view(con, spec, transform, window, keys, params) -> None:
     else:
         rel = transform(TransformContext(con, window["start"], window["end"], keys, params))
         if isinstance(rel, pd.DataFrame):
-            rel = con.from_df(rel)
+            con.register(SOURCE_VIEW, rel)
+            return
         if not isinstance(rel, duckdb.DuckDBPyRelation):
             raise TypeError(
                 f"{spec.name}: the transform must return a DuckDB relation or a pandas DataFrame, "

@@ -195,7 +195,8 @@ def allocate(
 def load_run_table(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, dt.date, int]]) -> None:
     """The temp table ``_bfa_run``: (partition_key, partition_date, version) being written or audited."""
     con.execute("CREATE OR REPLACE TEMP TABLE _bfa_run (partition_key VARCHAR, partition_date DATE, version BIGINT)")
-    con.executemany("INSERT INTO _bfa_run VALUES (?, ?, ?)", list(rows))
+    if rows:
+        con.executemany("INSERT INTO _bfa_run VALUES (?, ?, ?)", list(rows))
 
 
 def abandon_orphans(con: duckdb.DuckDBPyConnection, asset: str) -> int:

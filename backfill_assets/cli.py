@@ -1,0 +1,213 @@
+"""``backfill-assets``: the command line for scripts, CI and people.
+
+Exit codes: 0 success; 1 a check held a partition range (nothing published for it);
+2 a usage error (bad date, unknown asset, out-of-range, no definitions found).
+"""
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from . import warehouse
+from .factory import WAREHOUSE_KEY
+
+EXIT_OK, EXIT_HELD, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called; the message says what to change."""
+
+
+def load_definitions(path: str) -> dg.Definitions:
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"no definitions file at {path}; pass -f path/to/definitions.py")
+    sys.path.insert(0, str(file.resolve().parent))
+    spec = importlib.util.spec_from_file_location("_bfa_user_definitions", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = [v for v in vars(module).values() if isinstance(v, dg.Definitions)]
+    if len(found) != 1:
+        raise UsageError(f"{path} must define exactly one dagster Definitions object, found {len(found)}")
+    return found[0]
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def plan_groups(
+    defs: dg.Definitions, select: str | None, start: dt.date, end: dt.date
+) -> list[tuple[list[dg.AssetKey], list[str]]]:
+    """Selected materializable assets in ranged runs: one per partitions definition, upstream
+    groups first, each with the partitions whose whole time window lies in [start, end]."""
+    if end < start:
+        raise UsageError(f"--from {start} is after --to {end}")
+    graph = defs.resolve_asset_graph()
+    try:
+        selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
+        keys = {k for k in selection.resolve(graph) if graph.get(k).is_materializable}
+    except Exception as e:  # Dagster raises several types for unknown keys and bad syntax
+        raise UsageError(f"--select {select!r} does not resolve: {e}") from None
+    if not keys:
+        raise UsageError(f"--select {select!r} matches no materializable asset")
+    groups: dict[Any, list[dg.AssetKey]] = {}
+    for key in sorted(keys):
+        groups.setdefault(graph.get(key).partitions_def, []).append(key)
+    order = _upstream_first(graph, groups)
+    for pdef in order:
+        if not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+            raise UsageError(
+                f"{groups[pdef][0].to_user_string()} is not time-partitioned; backfill-assets needs "
+                "daily, weekly or monthly partitions"
+            )
+    first = min(p.time_window_for_partition_key(p.get_first_partition_key()).start.date() for p in order)
+    if start < first:
+        raise UsageError(f"--from {start} is before the first partition of the selection ({first})")
+    planned = []
+    for pdef in order:
+        lo = dt.datetime.combine(start, dt.time(), dt.UTC)
+        hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC)
+        partition_keys = [
+            k
+            for k in pdef.get_partition_keys_in_time_window(dg.TimeWindow(lo, hi))
+            if lo <= (w := pdef.time_window_for_partition_key(k)).start and w.end <= hi
+        ]
+        planned.append((groups[pdef], partition_keys))
+    return planned
+
+
+def _upstream_first(graph, groups: dict[Any, list[dg.AssetKey]]) -> list[Any]:
+    group_of = {k: pdef for pdef, ks in groups.items() for k in ks}
+    needs = {pdef: set() for pdef in groups}
+    for key, pdef in group_of.items():
+        for ancestor in graph.upstream_key_iterator(key):
+            if ancestor in group_of and group_of[ancestor] != pdef:
+                needs[pdef].add(group_of[ancestor])
+    order: list[Any] = []
+    while needs:
+        ready = [p for p, deps in needs.items() if deps <= set(order)]
+        if not ready:
+            raise UsageError("the selected assets' partition groups depend on each other in a cycle")
+        order += ready
+        for p in ready:
+            del needs[p]
+    return order
+
+
+def _published_everywhere(defs: dg.Definitions, keys: list[dg.AssetKey], partitions: list[str]) -> bool:
+    resource = defs.resources.get(WAREHOUSE_KEY)
+    if resource is None or not os.path.exists(resource.database):
+        return False
+    with resource.get_connection() as con:
+        return all(set(partitions) <= warehouse.published_partitions(con, k.to_user_string()).keys() for k in keys)
+
+
+def _failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
+    out = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.event_specific_data
+            user = getattr(data, "user_failure_data", None)
+            out.append(user.description if user and user.description else data.error.message.strip())
+    return out
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    defs = load_definitions(args.file)
+    groups = plan_groups(defs, args.select, args.start, args.end)
+    job = defs.resolve_implicit_global_asset_job_def()
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    report, code = [], EXIT_OK
+    for i, (keys, partitions) in enumerate(groups, 1):
+        names = [k.to_user_string() for k in keys]
+        entry: dict[str, Any] = {"assets": names, "partitions": len(partitions)}
+        label = f"[{i}/{len(groups)}] {', '.join(names)}"
+        if not partitions:
+            entry["status"] = "skipped: no whole partition in the range"
+        elif args.only_missing and _published_everywhere(defs, keys, partitions):
+            entry["status"] = "skipped: already published"
+        else:
+            entry["range"] = f"{partitions[0]}..{partitions[-1]}"
+            _say(args, f"{label}: {len(partitions)} partitions {entry['range']} ...")
+            started = time.perf_counter()
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=keys,
+                raise_on_error=False,
+                tags={
+                    "dagster/asset_partition_range_start": partitions[0],
+                    "dagster/asset_partition_range_end": partitions[-1],
+                    "backfill_assets/cli": "materialize",
+                },
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO" if args.verbose else "ERROR"}}}},
+            )
+            entry.update(run_id=result.run_id, seconds=round(time.perf_counter() - started, 2))
+            if result.success:
+                entry["status"] = "published"
+            else:
+                entry["status"] = "held"
+                entry["errors"] = _failure_messages(result)
+                code = EXIT_HELD
+        _say(args, f"{label}: {entry['status']}" + (f" in {entry['seconds']}s" if "seconds" in entry else ""))
+        for err in entry.get("errors", []):
+            _say(args, f"    {err}")
+        report.append(entry)
+        if code != EXIT_OK:
+            break  # later groups read what this one failed to publish
+    if args.json:
+        print(json.dumps({"runs": report, "ok": code == EXIT_OK}, indent=2))
+    return code
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    if not args.json:
+        print(line, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backfill-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    mat = sub.add_parser(
+        "materialize",
+        help="write-audit-publish a date range, one ranged run per partitions definition",
+        description="Materialize the selected assets over [--from, --to] in one ranged run per partitions "
+        "definition (daily, then weekly, then monthly), recorded in $DAGSTER_HOME's instance when set. Weekly and "
+        "monthly partitions are included only when their whole window lies in the range.",
+    )
+    mat.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    mat.add_argument("--select", help="Dagster asset selection, e.g. 'key:events_clean+' (default: all)")
+    mat.add_argument("--from", dest="start", type=_date, required=True, help="first date, YYYY-MM-DD")
+    mat.add_argument("--to", dest="end", type=_date, required=True, help="last date, YYYY-MM-DD (inclusive)")
+    mat.add_argument("--only-missing", action="store_true", help="skip groups whose partitions are all published")
+    mat.add_argument("--json", action="store_true", help="print a JSON report instead of progress lines")
+    mat.add_argument("-v", "--verbose", action="store_true", help="show Dagster's run log")
+    mat.set_defaults(func=cmd_materialize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, warehouse.WarehouseLockTimeout) as e:
+        print(f"backfill-assets: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

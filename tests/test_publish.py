@@ -1,0 +1,250 @@
+"""Write-audit-publish on a small table, straight through the library (no Dagster run)."""
+
+import datetime as dt
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pandera.pandas as pa
+import pytest
+
+from backfill_assets import Column, Invariant, Reconcile, TableSpec, audit_published, published_partitions
+from backfill_assets import warehouse as wh
+from backfill_assets.publish import write_audit_publish
+
+DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01")
+
+# Three rows per day: ids 0..2 of the day, amount = id + 1.
+GOOD_SQL = """
+SELECT strftime(d, '%Y%m%d') || '-' || i AS id, d::DATE AS d, (i + 1)::DECIMAL(18, 2) AS amount
+FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d), range(3) t(i)
+"""
+
+
+def make_spec(**overrides) -> TableSpec:
+    fields = dict(
+        name="orders",
+        partitions=DAILY,
+        partition_column="d",
+        grain=["id"],
+        columns={
+            "id": Column("VARCHAR", nullable=False),
+            "d": Column("DATE", nullable=False),
+            "amount": Column("DECIMAL(18,2)", checks=[pa.Check.ge(0)]),
+        },
+        metrics={"total": "sum(amount)"},
+        code_version="1",
+    )
+    return TableSpec(**{**fields, **overrides})
+
+
+def days(*isodates):
+    return [(d, dt.date.fromisoformat(d)) for d in isodates]
+
+
+JAN_1_3 = days("2025-01-01", "2025-01-02", "2025-01-03")
+
+
+@pytest.fixture
+def con(tmp_path):
+    c = wh.connect(str(tmp_path / "w.duckdb"))
+    yield c
+    c.close()
+
+
+def wap(con, spec, sql, partitions=JAN_1_3, run_id="r1", **kw):
+    return write_audit_publish(con, spec, sql, partitions, run_id=run_id, **kw)
+
+
+def view_rows(con, table="orders"):
+    return con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+
+
+def statuses(con):
+    return dict(con.execute("SELECT status, count(*) FROM bfa.versions GROUP BY 1").fetchall())
+
+
+def failed(report):
+    return {o.name: o for o in report.failed}
+
+
+def test_publish_makes_rows_readable_and_records_the_ledger(con):
+    report = wap(con, make_spec(), GOOD_SQL)
+    assert report.published and not report.failed
+    assert len(view_rows(con)) == 9
+    assert {k: n for k, (_, n, _) in published_partitions(con, "orders").items()} == {k: 3 for k, _ in JAN_1_3}
+    action, keys, rows, checks = con.execute(
+        "SELECT action, partition_keys, row_count, checks FROM bfa.ledger"
+    ).fetchall()[0]
+    assert (action, keys, rows) == ("publish", [k for k, _ in JAN_1_3], 9)
+    assert '"unique_grain"' in checks and '"passed": true' in checks
+    assert report.metrics_after["2025-01-02"]["total"] == 6
+
+
+def test_rerun_publishes_identical_content_without_duplicates(con):
+    first = wap(con, make_spec(), GOOD_SQL)
+    before = view_rows(con)
+    second = wap(con, make_spec(), GOOD_SQL, run_id="r2")
+    assert view_rows(con) == before
+    for key in first.partitions:
+        old_version, _, old_hash = first.partitions[key]
+        new_version, _, new_hash = second.partitions[key]
+        assert new_version != old_version and new_hash == old_hash
+    assert statuses(con) == {"published": 3, "superseded": 3}
+
+
+def test_duplicate_grain_fails_uniqueness_and_publishes_nothing(con):
+    report = wap(con, make_spec(), GOOD_SQL + " UNION ALL SELECT '20250102-1', DATE '2025-01-02', 2")
+    assert not report.published
+    unique = failed(report)["unique_grain"]
+    assert unique.figures == {"duplicate_keys": 1, "duplicate_rows": 1, "null_key_rows": 0}
+    assert unique.failures[0]["id"] == "20250102-1" and unique.failures[0]["copies"] == 2
+    assert view_rows(con) == []
+    assert statuses(con) == {"held": 3}
+    # The held candidate stays inspectable next to the (empty) published data.
+    assert con.execute("SELECT count(*) FROM bfa.orders").fetchall()[0][0] == 10
+    assert con.execute("SELECT action FROM bfa.ledger").fetchall() == [("hold",)]
+    assert "unique_grain" in report.failure_message() and "Published data is unchanged" in report.failure_message()
+
+
+def test_failed_audit_leaves_published_rows_exactly_as_they_were(con):
+    wap(con, make_spec(), GOOD_SQL)
+    before = view_rows(con)
+    report = wap(con, make_spec(), GOOD_SQL + " WHERE d <> DATE '2025-01-02'", run_id="r2")
+    assert not report.published
+    assert view_rows(con) == before
+
+
+def test_null_grain_keys_fail_uniqueness(con):
+    report = wap(
+        con,
+        make_spec(),
+        GOOD_SQL.replace("strftime(d, '%Y%m%d') || '-' || i", "CASE WHEN i = 0 THEN NULL ELSE i::VARCHAR || d END"),
+    )
+    assert failed(report)["unique_grain"].figures["null_key_rows"] == 3
+
+
+def test_empty_partition_fails_completeness_unless_sparse(con):
+    sql = GOOD_SQL + " WHERE d <> DATE '2025-01-02'"
+    report = wap(con, make_spec(), sql)
+    complete = failed(report)["complete"]
+    assert complete.figures["empty_partitions"] == 1 and "2025-01-02" in complete.summary
+    assert wap(con, make_spec(sparse=True), sql, run_id="r2").published
+
+
+def test_rows_outside_the_window_fail_completeness(con):
+    report = wap(con, make_spec(), GOOD_SQL + " UNION ALL SELECT 'stray', DATE '2025-02-01', 1")
+    assert failed(report)["complete"].figures["rows_outside_window"] == 1
+
+
+def test_row_count_change_beyond_tolerance_fails(con):
+    wap(con, make_spec(), GOOD_SQL)
+    fewer = GOOD_SQL.replace("range(3)", "range(1)")
+    complete = failed(wap(con, make_spec(), fewer, run_id="r2"))["complete"]
+    assert complete.figures["partitions_moved_beyond_tolerance"] == 3
+    assert complete.failures[0] == {
+        "partition": "2025-01-01",
+        "problem": "row count moved",
+        "rows": 1,
+        "published_rows": 3,
+        "change": "-66.7%",
+    }
+    assert wap(con, make_spec(max_row_change=0.7), fewer, run_id="r3").published
+
+
+def test_null_rate_bounds(con):
+    sql = GOOD_SQL.replace("(i + 1)::DECIMAL(18, 2)", "CASE WHEN i = 0 THEN NULL ELSE i END::DECIMAL(18, 2)")
+    strict = make_spec(columns={**make_spec().columns, "amount": Column("DECIMAL(18,2)", max_null_rate=0.2)})
+    assert "null rate 33.33% above 20.00%" in failed(wap(con, strict, sql))["complete"].summary
+    loose = make_spec(columns={**make_spec().columns, "amount": Column("DECIMAL(18,2)", max_null_rate=0.5)})
+    assert wap(con, loose, sql, run_id="r2").published
+
+
+def test_reconciliation_compares_each_partition_with_tolerance(con):
+    expected = (
+        "SELECT d::DATE, 6 + (d = DATE '2025-01-03')::INT * $bump "
+        "FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d)"
+    )
+    rule = Reconcile("total_is_six", "total", expected, abs_tol=0.5)
+    report = wap(con, make_spec(rules=[rule]), GOOD_SQL, params={"bump": 1})
+    rec = failed(report)["reconciled"]
+    assert rec.figures["total_is_six.partitions_off"] == 1
+    assert rec.failures == [
+        {"rule": "total_is_six", "partition": "2025-01-03", "actual": 6.0, "expected": 7.0, "difference": -1.0}
+    ]
+    assert wap(con, make_spec(rules=[rule]), GOOD_SQL, run_id="r2", params={"bump": 0.4}).published
+
+
+def test_invariant_reports_violating_rows(con):
+    rule = Invariant("small_amounts", "SELECT id, amount FROM candidate WHERE amount > 2")
+    rec = failed(wap(con, make_spec(rules=[rule]), GOOD_SQL))["reconciled"]
+    assert rec.figures["small_amounts.violations"] == 3
+    assert {f["amount"] for f in rec.failures} == {3}
+
+
+def test_schema_check_reports_types_and_value_checks(con):
+    sql = GOOD_SQL.replace("(i + 1)::DECIMAL(18, 2)", "(i - 1)::DECIMAL(18, 2)")
+    schema = failed(wap(con, make_spec(), sql))["schema"]
+    assert any(f["problem"].startswith("check greater_than_or_equal_to") for f in schema.failures)
+    typed = make_spec(columns={**make_spec().columns, "amount": Column("DOUBLE")})
+    schema = failed(wap(con, typed, GOOD_SQL, run_id="r2"))["schema"]
+    assert {"column": "amount", "problem": "type", "expected": "DOUBLE", "actual": "DECIMAL(18,2)"} in schema.failures
+
+
+def test_python_transform_returning_a_dataframe(con):
+    def transform(ctx):
+        return pd.DataFrame({"id": [f"x{i}" for i in range(3)], "d": [ctx.start] * 3, "amount": [1.5] * 3}).astype(
+            {"d": "datetime64[s]"}
+        )
+
+    spec = make_spec(columns={})
+    report = write_audit_publish(con, spec, transform, days("2025-01-05"), run_id="py")
+    assert report.published, report.failure_message()
+    assert con.execute("SELECT count(*), sum(amount) FROM orders").fetchall() == [(3, 4.5)]
+
+
+def test_transform_error_leaves_no_staged_versions(con):
+    with pytest.raises(duckdb.Error):
+        wap(con, make_spec(), "SELECT no_such_column FROM range(1)")
+    assert statuses(con) == {"abandoned": 4}
+    assert wap(con, make_spec(), GOOD_SQL, run_id="r2").published
+
+
+def test_versions_left_staged_by_a_dead_run_are_abandoned(con):
+    wap(con, make_spec(), GOOD_SQL)
+    cand = wh.allocate(con, "orders", JAN_1_3, "dead-run", "1")
+    con.sql(GOOD_SQL, params={"start": dt.date(2025, 1, 1), "end": dt.date(2025, 1, 4)}).create_view("dead")
+    wh.stage(con, cand, "d", "dead")  # rows committed, never audited nor published
+    before = view_rows(con)
+    assert wap(con, make_spec(), GOOD_SQL, run_id="r3").published
+    assert view_rows(con) == before
+    assert (
+        con.execute(
+            "SELECT count(*) FROM bfa.orders WHERE _bfa_version IN (SELECT unnest(?))", [list(cand.versions.values())]
+        ).fetchall()[0][0]
+        == 0
+    )
+    assert ("abandon",) in con.execute("SELECT action FROM bfa.ledger").fetchall()
+
+
+def test_new_column_is_added_and_type_change_is_refused(con):
+    wap(con, make_spec(columns={}), GOOD_SQL)
+    wider = GOOD_SQL.replace("AS amount", "AS amount, 'web' AS channel")
+    assert wap(con, make_spec(columns={}), wider, run_id="r2").published
+    assert con.execute("SELECT DISTINCT channel FROM orders").fetchall() == [("web",)]
+    with pytest.raises(ValueError, match="column 'amount' changes type from DECIMAL"):
+        wap(
+            con,
+            make_spec(columns={}),
+            GOOD_SQL.replace("::DECIMAL(18, 2) AS amount", "::DOUBLE AS amount"),
+            run_id="r3",
+        )
+
+
+def test_audit_published_checks_what_consumers_read(con):
+    assert not audit_published(con, make_spec())[0].passed  # nothing published yet
+    wap(con, make_spec(), GOOD_SQL)
+    assert all(o.passed for o in audit_published(con, make_spec()))
+    rule = Invariant("tiny", "SELECT * FROM candidate WHERE amount > 1")
+    outcomes = {o.name: o for o in audit_published(con, make_spec(rules=[rule]))}
+    assert not outcomes["reconciled"].passed and outcomes["reconciled"].figures["tiny.violations"] == 6

@@ -1,0 +1,55 @@
+import dagster as dg
+import pytest
+
+from backfill_assets import Column, Invariant, Reconcile, SpecError, TableSpec, quote_ident
+
+DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01")
+
+
+def spec(**overrides) -> TableSpec:
+    fields = dict(
+        name="t",
+        partitions=DAILY,
+        partition_column="d",
+        grain=["id"],
+        columns={"id": Column("BIGINT"), "d": Column("DATE")},
+        code_version="1",
+    )
+    return TableSpec(**{**fields, **overrides})
+
+
+@pytest.mark.parametrize("name", ["events", "_x", "A1_b"])
+def test_quote_ident_accepts_plain_names(name):
+    assert quote_ident(name) == f'"{name}"'
+
+
+@pytest.mark.parametrize("name", ['x"; DROP TABLE t; --', "1abc", "a b", "", "a.b", "naïve", "x'--", None])
+def test_quote_ident_refuses_anything_else(name):
+    with pytest.raises(SpecError, match="not a valid identifier"):
+        quote_ident(name)
+
+
+def test_valid_spec_derives_single_run_backfill_policy():
+    s = spec()
+    assert s.backfill_policy == dg.BackfillPolicy.single_run()
+    assert spec(partitions_per_run=7).backfill_policy == dg.BackfillPolicy.multi_run(7)
+    assert s.key == dg.AssetKey("t")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": "bad name"}, "not a valid identifier"),
+        ({"grain": []}, "declare the grain"),
+        ({"grain": ["missing"]}, "not among the declared columns"),
+        ({"columns": {"id": Column("BIGINT"), "d": Column("VARCHAR")}}, "must have type DATE"),
+        ({"partitions": dg.StaticPartitionsDefinition(["a"])}, "time-window partitions"),
+        ({"rules": [Reconcile("r", "nope", "SELECT 1, 1")]}, "unknown metric 'nope'"),
+        ({"rules": [Invariant("r", "SELECT 1"), Invariant("r", "SELECT 2")]}, "rule names must be unique"),
+        ({"partitions_per_run": 0}, "at least 1"),
+        ({"grain": ["id; drop"]}, "not a valid identifier"),
+    ],
+)
+def test_invalid_specs_name_the_table_and_the_fix(overrides, message):
+    with pytest.raises(SpecError, match=message):
+        spec(**overrides)
