@@ -1,0 +1,79 @@
+"""The command line: ranged runs per partitions definition, idempotent seeding, exit codes."""
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import published
+
+from backfill_assets import cli
+
+DEFINITIONS = str(Path(__file__).resolve().parents[1] / "definitions.py")
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    path = tmp_path / "warehouse.duckdb"
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(path))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return path
+
+
+def materialize(*args):
+    return cli.main(["materialize", "-f", DEFINITIONS, *args])
+
+
+def test_materialize_runs_daily_then_monthly_then_weekly_and_is_idempotent(db, capsys):
+    assert materialize("--from", "2025-01-01", "--to", "2025-01-14") == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "[1/3] daily_active_users, events_clean, funnel_daily, raw_events, revenue_daily, sessions: published" in out
+    assert "monthly_revenue: skipped: no whole partition in the range" in out
+    assert len(published(db, "events_clean")) == 14
+    assert sorted(published(db, "weekly_active_users")) == ["2025-01-06"]
+
+    assert materialize("--from", "2025-01-01", "--to", "2025-01-14", "--only-missing", "--json") == cli.EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and {r["status"] for r in report["runs"]} == {
+        "skipped: already published",
+        "skipped: no whole partition in the range",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "2025-02-01", "--to", "2025-01-01"], "--from 2025-02-01 is after --to 2025-01-01"),
+        (["--from", "2024-12-25", "--to", "2025-01-01"], "before the first partition of the selection (2025-01-01)"),
+        (["--from", "2025-01-01", "--to", "2025-01-02", "--select", "key:no_such_asset"], "matches no materializable"),
+        (["--from", "2025-01-01", "--to", "2025-01-02", "--select", "key:'x; DROP'"], "--select"),
+        (["-f", "nowhere.py", "--from", "2025-01-01", "--to", "2025-01-02"], "no definitions file at nowhere.py"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_clear_line_and_change_nothing(db, capsys, args, message):
+    assert cli.main(["materialize", "-f", DEFINITIONS, *args]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()
+
+
+def test_bad_date_is_refused_by_the_parser(db, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        materialize("--from", "2025-13-01", "--to", "2025-01-02")
+    assert exit_.value.code == 2 and "'2025-13-01' is not a date; use YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_a_held_range_exits_1_naming_the_check(db, capsys):
+    both = "key:raw_events or key:events_clean"
+    assert materialize("--select", both, "--from", "2025-01-01", "--to", "2025-01-05") == cli.EXIT_OK
+    before = published(db, "events_clean")
+    con = duckdb.connect(str(db))
+    con.execute("DELETE FROM bfa.raw_events WHERE ingest_date = DATE '2025-01-02'")  # a lost load
+    con.close()
+    capsys.readouterr()
+    assert materialize("--select", "key:events_clean", "--from", "2025-01-01", "--to", "2025-01-02") == cli.EXIT_HELD
+    out = capsys.readouterr().out
+    assert "events_clean: held" in out
+    assert "events_clean [2025-01-01..2025-01-02] held, not published: check 'complete' failed" in out
+    assert "e.g. 2025-01-02" in out
+    assert published(db, "events_clean") == before

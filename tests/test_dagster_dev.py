@@ -1,0 +1,163 @@
+"""A backfill of every reference asset over January 2025, launched on a real `dagster dev` through the
+GraphQL API the UI uses: the daemon runs it with the shipped instance config (one DuckDB writer pool)."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DAILY = ["raw_events", "events_clean", "sessions", "daily_active_users", "funnel_daily", "revenue_daily"]
+RANGES = {
+    **{a: ("2025-01-01", "2025-01-31") for a in DAILY},
+    # Only the weeks and months that lie wholly inside January.
+    "weekly_active_users": ("2025-01-06", "2025-01-20"),
+    "retention_cohorts": ("2025-01-06", "2025-01-20"),
+    "monthly_revenue": ("2025-01-01", "2025-01-01"),
+}
+LAUNCH = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status runs(limit: 100) { runId status } }
+  }
+}"""
+RUN_LOGS = """
+query($runId: ID!) {
+  logsForRun(runId: $runId) { ... on EventConnection { events { __typename ... on MessageEvent { message } } } }
+}"""
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(url: str, query: str, variables: dict) -> dict:
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    request = urllib.request.Request(f"{url}/graphql", body, {"Content-Type": "application/json"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback URL built here)
+        payload = json.load(response)
+    assert "errors" not in payload, payload
+    return payload["data"]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    db = tmp_path / "warehouse.duckdb"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "BACKFILL_ASSETS_DB": str(db),
+        "BACKFILL_ASSETS_DEMO_EVENTS_PER_DAY": "300",
+    }
+    log = open(tmp_path / "dagster_dev.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=2)  # noqa: S310
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "dagster dev did not start within 120 s"
+                time.sleep(1)
+        yield url, db, tmp_path / "dagster_dev.log", home
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_ui_backfill_of_all_assets_completes_with_green_checks_and_no_lock_errors(dagster_dev):
+    url, db, log_path, home = dagster_dev
+    params = {
+        "title": "January rebuild",
+        "partitionsByAssets": [
+            {"assetKey": {"path": [asset]}, "partitions": {"range": {"start": start, "end": end}}}
+            for asset, (start, end) in RANGES.items()
+        ],
+    }
+    launched = _graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    deadline = time.monotonic() + 420
+    while True:
+        backfill = _graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if backfill["status"] not in ("REQUESTED", "CANCELING"):
+            break
+        assert time.monotonic() < deadline, f"backfill still {backfill['status']} after 7 minutes"
+        time.sleep(3)
+
+    runs = backfill["runs"]
+    assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
+    assert runs and all(r["status"] == "SUCCESS" for r in runs), runs
+    messages = [
+        e.get("message") or ""
+        for r in runs
+        for e in _graphql(url, RUN_LOGS, {"runId": r["runId"]})["logsForRun"]["events"]
+    ]
+    everything = "\n".join(messages) + log_path.read_text()
+    assert "Could not set lock" not in everything
+    assert "failed" not in " ".join(m for m in messages if m.startswith("Asset check"))
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        published = dict(con.execute("SELECT asset, count(*) FROM bfa.published GROUP BY 1").fetchall())
+        actions = {a for (a,) in con.execute("SELECT DISTINCT action FROM bfa.ledger").fetchall()}
+    finally:
+        con.close()
+    assert published == {
+        **{a: 31 for a in DAILY},
+        "weekly_active_users": 3,
+        "retention_cohorts": 3,
+        "monthly_revenue": 1,
+    }
+    assert actions == {"publish"}
