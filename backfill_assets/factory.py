@@ -83,6 +83,8 @@ def derived_asset(
             f"{spec.name}: published {len(keys)} partitions, {report.rows} rows "
             f"(transform {report.transform_s:.2f}s, audit {report.audit_s:.2f}s)"
         )
+        for key in keys:
+            context.add_asset_metadata(_partition_metadata(report, key), asset_key=spec.key, partition_key=key)
         yield dg.MaterializeResult(asset_key=spec.key, metadata=_run_metadata(report), check_results=results)
 
     return _asset
@@ -158,44 +160,30 @@ def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _run_metadata(report: RunReport) -> dict[str, Any]:
-    keys = sorted(report.partitions)
     versions = [v for v, _, _ in report.partitions.values()]
-    md: dict[str, Any] = {
-        "partitions_published": len(keys),
+    return {
+        "partitions_published": len(report.partitions),
         "rows_in_run": report.rows,
         "transform_seconds": round(report.transform_s, 3),
         "audit_seconds": round(report.audit_s, 3),
         "versions": f"{min(versions)}..{max(versions)}",
     }
-    if len(keys) == 1:
-        _, rows, content_hash = report.partitions[keys[0]]
-        md["dagster/row_count"] = rows
-        md["content_hash"] = content_hash
-    else:
-        md["rows_per_partition"] = dg.MetadataValue.md(
-            _md_table(
-                [
-                    {"partition": k, "rows": report.partitions[k][1], "content_hash": report.partitions[k][2]}
-                    for k in keys
-                ]
-            )
-        )
-    if report.metrics_after:
-        md["metric_changes"] = dg.MetadataValue.md(_metric_changes_md(report))
+
+
+def _partition_metadata(report: RunReport, key: str) -> dict[str, Any]:
+    """Per partition: rows, content hash, version, and each metric after (and before) this publish."""
+    version, rows, content_hash = report.partitions[key]
+    md: dict[str, Any] = {"dagster/row_count": rows, "content_hash": content_hash, "version": version}
+    before = report.metrics_before.get(key, {})
+    for metric, value in report.metrics_after.get(key, {}).items():
+        md[metric] = _number(value)
+        if before.get(metric) is not None:
+            md[f"{metric} (before)"] = _number(before[metric])
     return md
 
 
-def _metric_changes_md(report: RunReport) -> str:
-    rows = []
-    for key, after in report.metrics_after.items():
-        before = report.metrics_before.get(key, {})
-        for metric, new in after.items():
-            old = before.get(metric)
-            delta = "" if old is None or new is None else f"{float(new) - float(old):+g}"
-            rows.append(
-                {"partition": key, "metric": metric, "before": "" if old is None else old, "after": new, "delta": delta}
-            )
-    return _md_table(rows)
+def _number(value: Any) -> float | int | None:
+    return value if value is None or isinstance(value, int) else float(value)
 
 
 def consumer_specs(specs: Sequence[TableSpec]) -> list[dg.AssetSpec]:

@@ -1,15 +1,20 @@
 """The command line: ranged runs per partitions definition, idempotent seeding, exit codes."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 from conftest import published
 
 from backfill_assets import cli
 
-DEFINITIONS = str(Path(__file__).resolve().parents[1] / "definitions.py")
+ROOT = Path(__file__).resolve().parents[1]
+DEFINITIONS = str(ROOT / "definitions.py")
 
 
 @pytest.fixture
@@ -77,3 +82,37 @@ def test_a_held_range_exits_1_naming_the_check(db, capsys):
     assert "events_clean [2025-01-01..2025-01-02] held, not published: check 'complete' failed" in out
     assert "e.g. 2025-01-02" in out
     assert published(db, "events_clean") == before
+
+
+@pytest.mark.slow
+def test_dagster_cli_materializes_a_month_of_daily_assets_in_one_run(db, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    daily = "raw_events,events_clean,sessions,daily_active_users,funnel_daily,revenue_daily"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "asset",
+            "materialize",
+            "-f",
+            DEFINITIONS,
+            "--select",
+            daily,
+            "--partition-range",
+            "2025-01-01...2025-01-31",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Asset check" in done.stderr and "failed" not in " ".join(
+        line for line in done.stderr.splitlines() if "ASSET_CHECK_EVALUATION" in line
+    )
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+    assert len(runs) == 1 and runs[0].is_success
+    assert all(len(published(db, a)) == 31 for a in daily.split(","))

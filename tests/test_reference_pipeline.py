@@ -2,6 +2,7 @@
 
 import dagster as dg
 import duckdb
+import pytest
 from conftest import DAILY, check_evaluations, make_defs, published, run_range, step_failures
 
 import backfill_assets as bfa
@@ -37,6 +38,15 @@ def test_a_month_of_daily_assets_publishes_in_one_run_with_every_check_green(jan
         assert len(published(path, asset)) == 31, asset
     # The last days lack raw data from February (late arrivals): they publish anyway.
     assert published(path, "events_clean")["2025-01-31"][1] > 0
+    # Each partition's materialization carries its own row count, content hash and metric values.
+    by_partition = {m.partition: m.metadata for m in result.asset_materializations_for_node("revenue_daily")}
+    assert len(by_partition) == 31
+    jan_5 = by_partition["2025-01-05"]
+    assert jan_5["dagster/row_count"].value == published(path, "revenue_daily")["2025-01-05"][1]
+    assert jan_5["content_hash"].value == published(path, "revenue_daily")["2025-01-05"][2]
+    assert jan_5["net_revenue_usd"].value == pytest.approx(
+        jan_5["gross_revenue_usd"].value - jan_5["refunds_usd"].value
+    )
 
 
 def test_weekly_and_monthly_assets_build_on_the_daily_ones(january):
