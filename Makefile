@@ -18,9 +18,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: instance/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	cp instance/dagster.yaml $@
 
 seed: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/backfill-assets materialize --from $(DEMO_FROM) --to $(DEMO_TO) --only-missing

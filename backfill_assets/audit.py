@@ -78,8 +78,8 @@ def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcom
     grain = "(" + ", ".join(spec.grain) + ")"
     if dup_keys or null_keys:
         summary = (
-            f"{dup_keys} grain keys {grain} appear more than once ({int(extra_rows)} extra rows); "
-            f"{null_keys} rows have a NULL key"
+            f"{_count(dup_keys, 'grain key')} {grain} appear more than once "
+            f"({_count(int(extra_rows), 'extra row')}); {_count(null_keys, 'row')} with a NULL key"
         )
     else:
         summary = f"every grain key {grain} is unique and not NULL"
@@ -132,15 +132,15 @@ def check_complete(
     else:
         parts = []
         if empty:
-            parts.append(f"{len(empty)} empty partitions ({_preview(empty)})")
+            parts.append(f"{_count(len(empty), 'empty partition')} ({_preview(empty)})")
         if moved:
             m = moved[0]
             parts.append(
-                f"{len(moved)} partitions changed row count by more than {spec.max_row_change:.0%} "
+                f"{_count(len(moved), 'partition')} changed row count by more than {spec.max_row_change:.0%} "
                 f"(e.g. {m['partition']}: {m['rows']} rows vs {m['published_rows']} published, {m['change']})"
             )
         if stray_rows:
-            parts.append(f"{stray_rows} rows fall outside the run's partitions")
+            parts.append(f"{_count(stray_rows, 'row')} outside the run's partitions")
         parts += [f"column {f['column']}: {f['problem']}" for f in null_failures]
         summary = "; ".join(parts)
     return CheckOutcome(COMPLETE, passed, summary, figures, failures)
@@ -207,7 +207,7 @@ def check_reconciled(
             if bad:
                 worst = max(bad, key=lambda b: abs(b["difference"]))
                 broken.append(
-                    f"{rule.name}: {len(bad)} partitions off (worst {worst['partition']}: "
+                    f"{rule.name}: {_count(len(bad), 'partition')} off (worst {worst['partition']}: "
                     f"{rule.metric} {worst['actual']:g} vs expected {worst['expected']:g})"
                 )
             failures += bad[:SAMPLE_ROWS]
@@ -217,7 +217,7 @@ def check_reconciled(
             n = con.execute(f"SELECT count(*) FROM ({sql})", bound).fetchall()[0][0]
             figures[f"{rule.name}.violations"] = n
             if n:
-                broken.append(f"{rule.name}: {n} violating rows")
+                broken.append(f"{rule.name}: {_count(n, 'violating row')}")
                 failures += [
                     {"rule": rule.name, **r} for r in _rows(con, f"SELECT * FROM ({sql}) LIMIT {SAMPLE_ROWS}", bound)
                 ]
@@ -272,6 +272,10 @@ def check_schema(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcom
     else:
         summary = f"{len(spec.columns)} columns as declared"
     return CheckOutcome(SCHEMA, not failures, summary, figures, failures)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _preview(items: Sequence[str], n: int = 3) -> str:

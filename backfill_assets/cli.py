@@ -152,7 +152,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                     "dagster/asset_partition_range_end": partitions[-1],
                     "backfill_assets/cli": "materialize",
                 },
-                run_config={"loggers": {"console": {"config": {"log_level": "INFO" if args.verbose else "ERROR"}}}},
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO" if args.verbose else "CRITICAL"}}}},
             )
             entry.update(run_id=result.run_id, seconds=round(time.perf_counter() - started, 2))
             if result.success:

@@ -66,7 +66,7 @@ def _graphql(url: str, query: str, variables: dict) -> dict:
 def dagster_dev(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(ROOT / "instance" / "dagster.yaml", home / "dagster.yaml")
     db = tmp_path / "warehouse.duckdb"
     port = _free_port()
     env = {
@@ -108,7 +108,7 @@ def dagster_dev(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
