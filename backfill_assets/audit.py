@@ -6,7 +6,6 @@ partitions), with ``_bfa_run`` listing the partitions, and returns a :class:`Che
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,11 +225,8 @@ def check_reconciled(
 
 
 def _num(v: Any) -> float:
-    if v is None:
-        return 0.0
-    if isinstance(v, decimal.Decimal):
-        return float(v)
-    return float(v)
+    """A metric value as a float; a partition with no value counts as 0."""
+    return 0.0 if v is None else float(v)
 
 
 def check_schema(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcome:

@@ -56,24 +56,21 @@ def derived_asset(
         bound = params() if callable(params) else dict(params or {})
         with warehouse.get_connection() as con:
             if spec.key not in context.selected_asset_keys:
-                outcomes = audit_published(con, spec, bound)
-                for o in outcomes:
-                    if dg.AssetCheckKey(spec.key, o.name) in context.selected_asset_check_keys:
-                        yield _check_result(spec, o)
+                yield from _check_results(context, spec, audit_published(con, spec, bound))
                 return
             keys = context.partition_keys
-            partitions = [(k, spec.partitions.time_window_for_partition_key(k).start.date()) for k in keys]
             context.log.info(f"{spec.name}: writing {len(keys)} partitions {keys[0]}..{keys[-1]} as a new version")
             report = write_audit_publish(
                 con,
                 spec,
                 transform,
-                partitions,
+                keys,
                 run_id=context.run.run_id,
                 params=bound,
                 record={"run_tags": {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
             )
-        results = [_check_result(spec, o) for o in report.outcomes]
+        # Every check gates the publish; Dagster is told only the outcomes of the checks it selected.
+        results = _check_results(context, spec, report.outcomes)
         if not report.published:
             yield from results
             raise dg.Failure(
@@ -132,6 +129,11 @@ def _consumers_md(consumers: Sequence[Consumer]) -> str:
     lines = ["| consumer | kind | owners |", "| --- | --- | --- |"]
     lines += [f"| {c.name} | {c.kind} | {', '.join(c.owners)} |" for c in consumers]
     return "\n".join(lines)
+
+
+def _check_results(context, spec: TableSpec, outcomes: Sequence[audit.CheckOutcome]) -> list[dg.AssetCheckResult]:
+    selected = context.selected_asset_check_keys
+    return [_check_result(spec, o) for o in outcomes if dg.AssetCheckKey(spec.key, o.name) in selected]
 
 
 def _check_result(spec: TableSpec, o: audit.CheckOutcome) -> dg.AssetCheckResult:

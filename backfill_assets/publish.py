@@ -72,30 +72,26 @@ def write_audit_publish(
     con: duckdb.DuckDBPyConnection,
     spec: TableSpec,
     transform: Transform,
-    partitions: Sequence[tuple[str, dt.date]],
+    partition_keys: Sequence[str],
     *,
     run_id: str,
     params: Mapping[str, Any] | None = None,
     record: Mapping[str, Any] | None = None,
 ) -> RunReport:
-    """Run `transform` for `partitions` (key, start date) and publish the result only if it passes.
+    """Run `transform` for `partition_keys` and publish the result only if every check passes.
 
     `params` are bound into the transform and rule SQL; `record` is extra run context stored in
     the ledger (run tags, brief id, ...); secrets belong in `params`, never in `record`.
     """
-    if not partitions:
+    if not partition_keys:
         raise ValueError(f"{spec.name}: no partitions to write")
     params = dict(params or {})
-    dates = [d for _, d in partitions]
-    window = {
-        "start": min(dates),
-        "end": spec.partitions.time_window_for_partition_key(max(partitions, key=lambda p: p[1])[0]).end.date(),
-    }
+    partitions, window = _windows(spec, partition_keys)
     warehouse.abandon_orphans(con, spec.name)
     cand = warehouse.allocate(con, spec.name, partitions, run_id, spec.code_version)
     try:
         t0 = time.perf_counter()
-        _create_source_view(con, spec, transform, window, [k for k, _ in partitions], params)
+        _create_source_view(con, spec, transform, window, list(partition_keys), params)
         warehouse.stage(con, cand, spec.partition_column, SOURCE_VIEW)
         t1 = time.perf_counter()
         all_versions = [*cand.versions.values(), cand.stray_version]
@@ -117,7 +113,7 @@ def write_audit_publish(
         raise
     report = RunReport(
         spec.name,
-        not any(not o.passed for o in outcomes),
+        all(o.passed for o in outcomes),
         outcomes,
         {k: (v, *stats[v]) for k, v in cand.versions.items()},
         before,
@@ -134,10 +130,8 @@ def write_audit_publish(
             **(record or {}),
         },
     }
-    if report.published:
-        warehouse.publish(con, cand, stats, **ledger)
-    else:
-        warehouse.hold(con, cand, stats, reason=report.failure_message(), **ledger)
+    reason = None if report.published else report.failure_message()
+    warehouse.decide(con, cand, stats, publish=report.published, reason=reason, **ledger)
     return report
 
 
@@ -146,24 +140,30 @@ def audit_published(
 ) -> list[audit.CheckOutcome]:
     """Run the table's checks against everything published now (nothing is written)."""
     published = warehouse.published_partitions(con, spec.name)
-    dated = [(k, spec.partitions.time_window_for_partition_key(k)) for k in published]
-    warehouse.load_run_table(con, [(k, w.start.date(), published[k][0]) for k, w in dated])
-    if not dated:
+    if not published:
         return [
             audit.CheckOutcome(name, False, f"{spec.name} has no published partitions to check")
             for name in audit.check_names(spec)
         ]
+    partitions, window = _windows(spec, list(published))
+    warehouse.load_run_table(con, [(k, d, published[k][0]) for k, d in partitions])
     warehouse.create_published_views(con, spec.name)
-    window = {"start": min(w.start.date() for _, w in dated), "end": max(w.end.date() for _, w in dated)}
     outcomes, _, _ = _audit(
         con,
         spec,
-        [(k, w.start.date()) for k, w in dated],
+        partitions,
         {**(params or {}), **window},
         rows={k: v[1] for k, v in published.items()},
         previous_rows={},
     )
     return outcomes
+
+
+def _windows(spec: TableSpec, keys: Sequence[str]) -> tuple[list[tuple[str, dt.date]], dict[str, dt.date]]:
+    """(key, start date) of each partition, and the window they span: {start, end (exclusive)}."""
+    windows = [(k, spec.partitions.time_window_for_partition_key(k)) for k in keys]
+    partitions = [(k, w.start.date()) for k, w in windows]
+    return partitions, {"start": min(w.start.date() for _, w in windows), "end": max(w.end.date() for _, w in windows)}
 
 
 def _audit(con, spec, partitions, params, *, rows, previous_rows, stray_rows=0):

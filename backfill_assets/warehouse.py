@@ -188,8 +188,21 @@ def allocate(
         "VALUES (?, ?, ?, ?, ?, 'staged', ?)",
         [(v, asset, k, run_id, code_version, now) for v, k in zip(ids, keys, strict=True)],
     )
-    load_run_table(con, [(k, d, v) for (k, d), v in zip(partitions, ids, strict=False)])
-    return Candidate(asset, run_id, code_version, dict(zip([k for k, _ in partitions], ids, strict=False)), ids[-1])
+    part_ids, stray = ids[:-1], ids[-1]
+    load_run_table(con, [(k, d, v) for (k, d), v in zip(partitions, part_ids, strict=True)])
+    return Candidate(asset, run_id, code_version, {k: v for (k, _), v in zip(partitions, part_ids, strict=True)}, stray)
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolled back if anything inside raises."""
+    con.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def load_run_table(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, dt.date, int]]) -> None:
@@ -209,12 +222,11 @@ def abandon_orphans(con: duckdb.DuckDBPyConnection, asset: str) -> int:
     ]
     if not orphans:
         return 0
-    con.execute("BEGIN")
-    if table_exists(con, asset):
-        con.execute(f"DELETE FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?))", [orphans])
-    _set_status(con, orphans, "abandoned")
-    _ledger(con, asset, "abandon", None, versions=orphans, reason="staged by a run that did not finish")
-    con.execute("COMMIT")
+    with transaction(con):
+        if table_exists(con, asset):
+            con.execute(f"DELETE FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?))", [orphans])
+        _set_status(con, orphans, "abandoned")
+        _ledger(con, asset, "abandon", None, versions=orphans, reason="staged by a run that did not finish")
     return len(orphans)
 
 
@@ -242,31 +254,28 @@ def stage(con: duckdb.DuckDBPyConnection, cand: Candidate, partition_column: str
     source_cols = describe(con, f"SELECT * FROM {quote_ident(source_view)}")
     if VERSION_COLUMN in dict(source_cols):
         raise ValueError(f"{asset}: the transform must not return a column named {VERSION_COLUMN}")
-    con.execute("BEGIN")
-    if not table_exists(con, asset):
-        cols = ", ".join(f"{quote_ident(c)} {t}" for c, t in source_cols)
-        con.execute(f"CREATE TABLE {table} ({cols}, {VERSION_COLUMN} BIGINT NOT NULL)")
-        _create_view(con, asset)
-    else:
-        existing = dict(describe(con, f"SELECT * FROM {table}"))
-        for col, typ in source_cols:
-            if col not in existing:
-                # A new field: older versions read it as NULL.
-                con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} {typ}")
-            elif existing[col] != typ:
-                con.execute("ROLLBACK")
-                raise ValueError(
-                    f"{asset}: column {col!r} changes type from {existing[col]} to {typ}; "
-                    "cast it in the transform or migrate the table to a new name"
-                )
-    part = quote_ident(partition_column)
-    con.execute(
-        f"INSERT INTO {table} BY NAME "
-        f"SELECT s.*, coalesce(r.version, ?) AS {VERSION_COLUMN} "
-        f"FROM {quote_ident(source_view)} s LEFT JOIN _bfa_run r ON s.{part} = r.partition_date",
-        [cand.stray_version],
-    )
-    con.execute("COMMIT")
+    with transaction(con):
+        if not table_exists(con, asset):
+            cols = ", ".join(f"{quote_ident(c)} {t}" for c, t in source_cols)
+            con.execute(f"CREATE TABLE {table} ({cols}, {VERSION_COLUMN} BIGINT NOT NULL)")
+            _create_view(con, asset)
+        else:
+            existing = dict(describe(con, f"SELECT * FROM {table}"))
+            for col, typ in source_cols:
+                if col not in existing:
+                    # A new field: older versions read it as NULL.
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} {typ}")
+                elif existing[col] != typ:
+                    raise ValueError(
+                        f"{asset}: column {col!r} changes type from {existing[col]} to {typ}; "
+                        "cast it in the transform or migrate the table to a new name"
+                    )
+        con.execute(
+            f"INSERT INTO {table} BY NAME "
+            f"SELECT s.*, coalesce(r.version, ?) AS {VERSION_COLUMN} FROM {quote_ident(source_view)} s "
+            f"LEFT JOIN _bfa_run r ON s.{quote_ident(partition_column)} = r.partition_date",
+            [cand.stray_version],
+        )
 
 
 def _create_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
@@ -316,69 +325,49 @@ def _content_hash(rows: int, hash_sum: int) -> str:
     return f"{rows}:{hash_sum % 2**64:016x}"
 
 
-def publish(
+def decide(
     con: duckdb.DuckDBPyConnection,
     cand: Candidate,
     stats: dict[int, tuple[int, str]],
+    *,
+    publish: bool,
     **ledger: Any,
 ) -> None:
-    """Point every partition of the candidate at its new version, in one transaction."""
+    """Publish the candidate (every partition points at its new version) or hold it, in one transaction."""
     now = _now()
     new = list(cand.versions.values())
-    con.execute("BEGIN")
-    _record_stats(con, stats)
+    with transaction(con):
+        _record_stats(con, stats)
+        if publish:
+            _point_to(con, cand.asset, cand.versions, now)
+        else:
+            _set_status(con, [*new, cand.stray_version], "held", now)
+        if stats.get(cand.stray_version, (0, ""))[0] == 0:
+            con.execute("DELETE FROM bfa.versions WHERE version = ?", [cand.stray_version])
+        _ledger(
+            con,
+            cand.asset,
+            "publish" if publish else "hold",
+            cand.run_id,
+            versions=new,
+            partition_keys=list(cand.versions),
+            code_version=cand.code_version,
+            row_count=sum(stats[v][0] for v in new),
+            **ledger,
+        )
+
+
+def _point_to(con: duckdb.DuckDBPyConnection, asset: str, versions: dict[str, int], now: dt.datetime) -> None:
+    """Make `versions` (partition -> version) the published ones; the versions they replace are superseded."""
+    keys = list(versions)
     con.execute(
         "UPDATE bfa.versions SET status = 'superseded', decided_at = ? WHERE version IN "
         "(SELECT version FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?)))",
-        [now, cand.asset, list(cand.versions)],
+        [now, asset, keys],
     )
-    con.execute(
-        "DELETE FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?))",
-        [cand.asset, list(cand.versions)],
-    )
-    con.executemany(
-        "INSERT INTO bfa.published VALUES (?, ?, ?, ?)", [(cand.asset, k, v, now) for k, v in cand.versions.items()]
-    )
-    _set_status(con, new, "published", now)
-    _drop_empty_stray(con, cand, stats)
-    _ledger(
-        con,
-        cand.asset,
-        "publish",
-        cand.run_id,
-        versions=new,
-        partition_keys=list(cand.versions),
-        code_version=cand.code_version,
-        row_count=sum(stats[v][0] for v in new),
-        **ledger,
-    )
-    con.execute("COMMIT")
-
-
-def hold(
-    con: duckdb.DuckDBPyConnection,
-    cand: Candidate,
-    stats: dict[int, tuple[int, str]],
-    **ledger: Any,
-) -> None:
-    """Keep the candidate for inspection, unpublished; the published data is not touched."""
-    versions = [*cand.versions.values(), cand.stray_version]
-    con.execute("BEGIN")
-    _record_stats(con, stats)
-    _set_status(con, versions, "held")
-    _drop_empty_stray(con, cand, stats)
-    _ledger(
-        con,
-        cand.asset,
-        "hold",
-        cand.run_id,
-        versions=list(cand.versions.values()),
-        partition_keys=list(cand.versions),
-        code_version=cand.code_version,
-        row_count=sum(stats[v][0] for v in cand.versions.values()),
-        **ledger,
-    )
-    con.execute("COMMIT")
+    con.execute("DELETE FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?))", [asset, keys])
+    con.executemany("INSERT INTO bfa.published VALUES (?, ?, ?, ?)", [(asset, k, v, now) for k, v in versions.items()])
+    _set_status(con, list(versions.values()), "published", now)
 
 
 def _set_status(con: duckdb.DuckDBPyConnection, versions: Sequence[int], status: str, at: dt.datetime | None = None):
@@ -393,11 +382,6 @@ def _record_stats(con: duckdb.DuckDBPyConnection, stats: dict[int, tuple[int, st
         "UPDATE bfa.versions SET row_count = ?, content_hash = ? WHERE version = ?",
         [(n, h, v) for v, (n, h) in stats.items()],
     )
-
-
-def _drop_empty_stray(con: duckdb.DuckDBPyConnection, cand: Candidate, stats: dict[int, tuple[int, str]]) -> None:
-    if stats.get(cand.stray_version, (0, ""))[0] == 0:
-        con.execute("DELETE FROM bfa.versions WHERE version = ?", [cand.stray_version])
 
 
 def _ledger(con: duckdb.DuckDBPyConnection, asset: str, action: str, run_id: str | None, **fields: Any) -> None:

@@ -38,11 +38,7 @@ def make_spec(**overrides) -> TableSpec:
     return TableSpec(**{**fields, **overrides})
 
 
-def days(*isodates):
-    return [(d, dt.date.fromisoformat(d)) for d in isodates]
-
-
-JAN_1_3 = days("2025-01-01", "2025-01-02", "2025-01-03")
+JAN_1_3 = ["2025-01-01", "2025-01-02", "2025-01-03"]
 
 
 @pytest.fixture
@@ -72,11 +68,11 @@ def test_publish_makes_rows_readable_and_records_the_ledger(con):
     report = wap(con, make_spec(), GOOD_SQL)
     assert report.published and not report.failed
     assert len(view_rows(con)) == 9
-    assert {k: n for k, (_, n, _) in published_partitions(con, "orders").items()} == {k: 3 for k, _ in JAN_1_3}
+    assert {k: n for k, (_, n, _) in published_partitions(con, "orders").items()} == {k: 3 for k in JAN_1_3}
     action, keys, rows, checks = con.execute(
         "SELECT action, partition_keys, row_count, checks FROM bfa.ledger"
     ).fetchall()[0]
-    assert (action, keys, rows) == ("publish", [k for k, _ in JAN_1_3], 9)
+    assert (action, keys, rows) == ("publish", JAN_1_3, 9)
     assert '"unique_grain"' in checks and '"passed": true' in checks
     assert report.metrics_after["2025-01-02"]["total"] == 6
 
@@ -198,21 +194,32 @@ def test_python_transform_returning_a_dataframe(con):
         )
 
     spec = make_spec(columns={})
-    report = write_audit_publish(con, spec, transform, days("2025-01-05"), run_id="py")
+    report = write_audit_publish(con, spec, transform, ["2025-01-05"], run_id="py")
     assert report.published, report.failure_message()
     assert con.execute("SELECT count(*), sum(amount) FROM orders").fetchall() == [(3, 4.5)]
 
 
-def test_transform_error_leaves_no_staged_versions(con):
+@pytest.mark.parametrize(
+    "bad_sql",
+    [
+        "SELECT no_such_column FROM range(1)",  # fails when bound
+        GOOD_SQL.replace("(i + 1)::DECIMAL", "('x' || i)::DECIMAL"),  # fails while rows are being written
+    ],
+)
+def test_transform_error_leaves_no_staged_versions(con, bad_sql):
+    wap(con, make_spec(), GOOD_SQL)
+    before = view_rows(con)
     with pytest.raises(duckdb.Error):
-        wap(con, make_spec(), "SELECT no_such_column FROM range(1)")
-    assert statuses(con) == {"abandoned": 4}
-    assert wap(con, make_spec(), GOOD_SQL, run_id="r2").published
+        wap(con, make_spec(), bad_sql, run_id="r2")
+    assert statuses(con) == {"published": 3, "abandoned": 4}
+    assert view_rows(con) == before
+    assert wap(con, make_spec(), GOOD_SQL, run_id="r3").published
 
 
 def test_versions_left_staged_by_a_dead_run_are_abandoned(con):
     wap(con, make_spec(), GOOD_SQL)
-    cand = wh.allocate(con, "orders", JAN_1_3, "dead-run", "1")
+    jan_1_3 = [(k, dt.date.fromisoformat(k)) for k in JAN_1_3]
+    cand = wh.allocate(con, "orders", jan_1_3, "dead-run", "1")
     con.sql(GOOD_SQL, params={"start": dt.date(2025, 1, 1), "end": dt.date(2025, 1, 4)}).create_view("dead")
     wh.stage(con, cand, "d", "dead")  # rows committed, never audited nor published
     before = view_rows(con)

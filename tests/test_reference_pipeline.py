@@ -141,3 +141,16 @@ def test_execute_checks_alone_audits_published_data_and_detects_drift(january):
     result = dg.materialize([clean], selection=only_checks, raise_on_error=False)
     assert check_evaluations(result)[("events_clean", "reconciled")] is False
     assert check_evaluations(result)[("events_clean", "unique_grain")] is True
+
+
+def test_deselected_checks_still_gate_the_publish(january):
+    clean = make_defs(january).resolve_assets_def("events_clean")
+    selection = dg.AssetSelection.assets("events_clean").without_checks()
+    con = duckdb.connect(str(january))
+    con.execute("DELETE FROM bfa.raw_events WHERE ingest_date = DATE '2025-01-12'")
+    con.close()
+    before = published(january, "events_clean")
+    result = dg.materialize([clean], selection=selection, partition_key="2025-01-12", raise_on_error=False)
+    assert not result.success and check_evaluations(result) == {}
+    assert "check 'complete' failed" in step_failures(result)[0]
+    assert published(january, "events_clean") == before
