@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from . import warehouse
+from . import planning, warehouse
 from .factory import WAREHOUSE_KEY
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE = 0, 1, 2
@@ -48,13 +48,8 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
 
 
-def plan_groups(
-    defs: dg.Definitions, select: str | None, start: dt.date, end: dt.date
-) -> list[tuple[list[dg.AssetKey], list[str]]]:
-    """Selected materializable assets in ranged runs: one per partitions definition, upstream
-    groups first, each with the partitions whose whole time window lies in [start, end]."""
-    if end < start:
-        raise UsageError(f"--from {start} is after --to {end}")
+def resolve_selection(defs: dg.Definitions, select: str | None) -> set[dg.AssetKey]:
+    """Materializable assets of a Dagster selection string (all of them when None)."""
     graph = defs.resolve_asset_graph()
     try:
         selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
@@ -63,29 +58,44 @@ def plan_groups(
         raise UsageError(f"--select {select!r} does not resolve: {e}") from None
     if not keys:
         raise UsageError(f"--select {select!r} matches no materializable asset")
+    for key in keys:
+        if not isinstance(graph.get(key).partitions_def, dg.TimeWindowPartitionsDefinition):
+            raise UsageError(
+                f"{key.to_user_string()} is not time-partitioned; backfill-assets needs daily, "
+                "weekly or monthly partitions"
+            )
+    return keys
+
+
+def check_range(defs: dg.Definitions, keys: set[dg.AssetKey], start: dt.date, end: dt.date) -> None:
+    """Refuse an inverted range or one that starts before the selection's first partition."""
+    if end < start:
+        raise UsageError(f"--from {start} is after --to {end}")
+    graph = defs.resolve_asset_graph()
+    pdefs = {graph.get(k).partitions_def for k in keys}
+    first = min(p.time_window_for_partition_key(p.get_first_partition_key()).start.date() for p in pdefs)
+    if start < first:
+        raise UsageError(f"--from {start} is before the first partition of the selection ({first})")
+    if start > dt.date.today():
+        raise UsageError(f"--from {start} is in the future: no partition exists yet")
+
+
+def plan_groups(
+    defs: dg.Definitions, select: str | None, start: dt.date, end: dt.date
+) -> list[tuple[list[dg.AssetKey], list[str]]]:
+    """Selected materializable assets in ranged runs: one per partitions definition, upstream
+    groups first, each with the partitions whose whole time window lies in [start, end]."""
+    keys = resolve_selection(defs, select)
+    check_range(defs, keys, start, end)
+    graph = defs.resolve_asset_graph()
     groups: dict[Any, list[dg.AssetKey]] = {}
     for key in sorted(keys):
         groups.setdefault(graph.get(key).partitions_def, []).append(key)
-    order = _upstream_first(graph, groups)
-    for pdef in order:
-        if not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
-            raise UsageError(
-                f"{groups[pdef][0].to_user_string()} is not time-partitioned; backfill-assets needs "
-                "daily, weekly or monthly partitions"
-            )
-    first = min(p.time_window_for_partition_key(p.get_first_partition_key()).start.date() for p in order)
-    if start < first:
-        raise UsageError(f"--from {start} is before the first partition of the selection ({first})")
     planned = []
-    for pdef in order:
-        lo = dt.datetime.combine(start, dt.time(), dt.UTC)
-        hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC)
-        partition_keys = [
-            k
-            for k in pdef.get_partition_keys_in_time_window(dg.TimeWindow(lo, hi))
-            if lo <= (w := pdef.time_window_for_partition_key(k)).start and w.end <= hi
-        ]
-        planned.append((groups[pdef], partition_keys))
+    for pdef in _upstream_first(graph, groups):
+        index = planning.partition_index(pdef)
+        lo, hi = index.within(start, end)
+        planned.append((groups[pdef], list(index.keys[lo:hi])))
     return planned
 
 
@@ -107,12 +117,26 @@ def _upstream_first(graph, groups: dict[Any, list[dg.AssetKey]]) -> list[Any]:
     return order
 
 
-def _published_everywhere(defs: dg.Definitions, keys: list[dg.AssetKey], partitions: list[str]) -> bool:
+def _read_warehouse(defs: dg.Definitions):
+    """A read-only connection to the definitions' warehouse, or None when it does not exist yet."""
     resource = defs.resources.get(WAREHOUSE_KEY)
     if resource is None or not os.path.exists(resource.database):
+        return None
+    con = warehouse.connect(resource.database, lock_timeout_s=resource.lock_timeout_s, read_only=True)
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'bfa'").fetchall()[0][0]:
+        con.close()
+        return None
+    return con
+
+
+def _published_everywhere(defs: dg.Definitions, keys: list[dg.AssetKey], partitions: list[str]) -> bool:
+    con = _read_warehouse(defs)
+    if con is None:
         return False
-    with resource.get_connection() as con:
+    try:
         return all(set(partitions) <= warehouse.published_partitions(con, k.to_user_string()).keys() for k in keys)
+    finally:
+        con.close()
 
 
 def _failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
@@ -172,6 +196,38 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    defs = load_definitions(args.file)
+    graph = defs.resolve_asset_graph()
+    con = _read_warehouse(defs)
+    try:
+        if args.stale:
+            if con is None:
+                raise UsageError("--stale needs a warehouse with published data; none exists yet")
+            seeds, reasons = planning.stale_seeds(graph, con)
+            description = "partitions published under an older code version"
+        else:
+            if not (args.start and args.end):
+                raise UsageError("give --from and --to (or --stale)")
+            keys = resolve_selection(defs, args.select)
+            check_range(defs, keys, args.start, args.end)
+            seeds, reasons = planning.selection_seeds(graph, keys, args.start, args.end), {}
+            description = f"{args.select or 'all assets'} over {args.start}..{args.end}"
+        plan = planning.add_warehouse_facts(planning.blast_radius(graph, seeds, reasons), con)
+    finally:
+        if con is not None:
+            con.close()
+    plan.scope = {
+        "description": description,
+        "select": args.select,
+        "stale": args.stale,
+        "from": args.start,
+        "to": args.end,
+    }
+    print(plan.to_json() if args.json else planning.render(plan))
+    return EXIT_OK
+
+
 def _say(args: argparse.Namespace, line: str) -> None:
     if not args.json:
         print(line, flush=True)
@@ -197,6 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--json", action="store_true", help="print a JSON report instead of progress lines")
     mat.add_argument("-v", "--verbose", action="store_true", help="show Dagster's run log")
     mat.set_defaults(func=cmd_materialize)
+
+    plan = sub.add_parser(
+        "plan",
+        help="show the blast radius of a backfill: assets, partitions, rows, code versions, consumers",
+        description="Every asset and partition a backfill of the selection over [--from, --to] changes, through "
+        "the lineage graph and its partition mappings, with rows published now, code versions, owners, the "
+        "consumers to notify and an estimate from past runs. --stale plans every partition published under "
+        "an older code version than the current definition.",
+    )
+    plan.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    plan.add_argument("--select", help="Dagster asset selection (default: all)")
+    plan.add_argument("--from", dest="start", type=_date, help="first date, YYYY-MM-DD")
+    plan.add_argument("--to", dest="end", type=_date, help="last date, YYYY-MM-DD (inclusive)")
+    plan.add_argument("--stale", action="store_true", help="plan the partitions published under older code")
+    plan.add_argument("--json", action="store_true", help="print stable JSON")
+    plan.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -111,16 +111,16 @@ class Warehouse(DuckDBResource):
 
 
 def connect(
-    path: str, config: dict[str, Any] | None = None, lock_timeout_s: float = 600.0
+    path: str, config: dict[str, Any] | None = None, lock_timeout_s: float = 600.0, read_only: bool = False
 ) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse for writing, waiting for another writer to let go of the file."""
-    if path != ":memory:":
+    """Open the warehouse, waiting for another writer to let go of the file."""
+    if path != ":memory:" and not read_only:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     deadline = time.monotonic() + lock_timeout_s
     next_note = 0.0
     while True:
         try:
-            con = duckdb.connect(path, config=dict(config or {}))
+            con = duckdb.connect(path, read_only=read_only, config=dict(config or {}))
             break
         except duckdb.IOException as e:
             if "lock" not in str(e).lower():
@@ -135,7 +135,8 @@ def connect(
                 dg.get_dagster_logger().warning(f"Waiting for the DuckDB write lock on {path}: {e}")
                 next_note = now + 10
             time.sleep(0.2)
-    ensure_catalog(con)
+    if not read_only:
+        ensure_catalog(con)
     return con
 
 
