@@ -1,7 +1,9 @@
 """``backfill-assets``: the command line for scripts, CI and people.
 
-Exit codes: 0 success; 1 a check held a partition range (nothing published for it);
-2 a usage error (bad date, unknown asset, out-of-range, no definitions found).
+Exit codes: 0 success; 1 a check held a partition range (nothing published for it), a brief failed
+preflight (nothing launched) or a launched backfill did not publish everything; 2 a usage error (bad
+date, unknown asset, out-of-range, unreadable brief, no definitions found); 3 Dagster could not be
+reached or refused the request.
 """
 
 import argparse
@@ -17,10 +19,11 @@ from typing import Any
 
 import dagster as dg
 
-from . import planning, warehouse
+from . import briefs, launch, planning, warehouse
 from .factory import WAREHOUSE_KEY
 
-EXIT_OK, EXIT_HELD, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
+DEFAULT_URL = "http://127.0.0.1:3000"
 
 
 class UsageError(Exception):
@@ -48,46 +51,14 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
 
 
-def resolve_selection(defs: dg.Definitions, select: str | None) -> set[dg.AssetKey]:
-    """Materializable assets of a Dagster selection string (all of them when None)."""
-    graph = defs.resolve_asset_graph()
-    try:
-        selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
-        keys = {k for k in selection.resolve(graph) if graph.get(k).is_materializable}
-    except Exception as e:  # Dagster raises several types for unknown keys and bad syntax
-        raise UsageError(f"--select {select!r} does not resolve: {e}") from None
-    if not keys:
-        raise UsageError(f"--select {select!r} matches no materializable asset")
-    for key in keys:
-        if not isinstance(graph.get(key).partitions_def, dg.TimeWindowPartitionsDefinition):
-            raise UsageError(
-                f"{key.to_user_string()} is not time-partitioned; backfill-assets needs daily, "
-                "weekly or monthly partitions"
-            )
-    return keys
-
-
-def check_range(defs: dg.Definitions, keys: set[dg.AssetKey], start: dt.date, end: dt.date) -> None:
-    """Refuse an inverted range or one that starts before the selection's first partition."""
-    if end < start:
-        raise UsageError(f"--from {start} is after --to {end}")
-    graph = defs.resolve_asset_graph()
-    pdefs = {graph.get(k).partitions_def for k in keys}
-    first = min(p.time_window_for_partition_key(p.get_first_partition_key()).start.date() for p in pdefs)
-    if start < first:
-        raise UsageError(f"--from {start} is before the first partition of the selection ({first})")
-    if start > dt.date.today():
-        raise UsageError(f"--from {start} is in the future: no partition exists yet")
-
-
 def plan_groups(
     defs: dg.Definitions, select: str | None, start: dt.date, end: dt.date
 ) -> list[tuple[list[dg.AssetKey], list[str]]]:
     """Selected materializable assets in ranged runs: one per partitions definition, upstream
     groups first, each with the partitions whose whole time window lies in [start, end]."""
-    keys = resolve_selection(defs, select)
-    check_range(defs, keys, start, end)
     graph = defs.resolve_asset_graph()
+    keys = planning.resolve_selection(graph, select)
+    planning.check_range(graph, keys, start, end)
     groups: dict[Any, list[dg.AssetKey]] = {}
     for key in sorted(keys):
         groups.setdefault(graph.get(key).partitions_def, []).append(key)
@@ -209,8 +180,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else:
             if not (args.start and args.end):
                 raise UsageError("give --from and --to (or --stale)")
-            keys = resolve_selection(defs, args.select)
-            check_range(defs, keys, args.start, args.end)
+            keys = planning.resolve_selection(graph, args.select)
+            planning.check_range(graph, keys, args.start, args.end)
             seeds, reasons = planning.selection_seeds(graph, keys, args.start, args.end), {}
             description = f"{args.select or 'all assets'} over {args.start}..{args.end}"
         plan = planning.add_warehouse_facts(planning.blast_radius(graph, seeds, reasons), con)
@@ -226,6 +197,95 @@ def cmd_plan(args: argparse.Namespace) -> int:
     }
     print(plan.to_json() if args.json else planning.render(plan))
     return EXIT_OK
+
+
+def _preflight(args: argparse.Namespace) -> tuple[dg.Definitions, briefs.Preflight]:
+    brief = briefs.load(args.brief)
+    defs = load_definitions(args.file)
+    con = _read_warehouse(defs)
+    try:
+        return defs, briefs.preflight(brief, defs, con)
+    finally:
+        if con is not None:
+            con.close()
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    _, result = _preflight(args)
+    print(result.render())
+    return EXIT_OK if result.passed else EXIT_HELD
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    defs, result = _preflight(args)
+    if not result.passed:
+        print(result.render())
+        print("\nNothing launched: fix the brief and run preflight again.")
+        return EXIT_HELD
+    backfill_id = launch.launch(args.url, result.brief, result.plan)
+    print(
+        f"Launched backfill {backfill_id} for brief {result.brief['id']}: "
+        f"{result.plan.totals()['partitions']} partitions of {len(result.plan.tables)} assets"
+    )
+    print(f"Follow it in the UI: {args.url.rstrip('/')}/runs/b/{backfill_id}")
+    if not args.wait:
+        return EXIT_OK
+    state = _wait(args.url, backfill_id, args.poll_seconds)
+    return _print_status(defs, state, args.url)
+
+
+def _wait(url: str, backfill_id: str, poll_seconds: float) -> dict[str, Any]:
+    last = None
+    while True:
+        state = launch.status(url, backfill_id)
+        done, failed, total = launch.progress(state)
+        line = f"{_bar(done + failed, total)} {done}/{total} partitions published, {failed} failed, {state['status']}"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if state["status"] in launch.DONE:
+            return state
+        time.sleep(poll_seconds)
+
+
+def _bar(n: int, total: int, width: int = 30) -> str:
+    filled = width if not total else round(width * n / total)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _print_status(defs: dg.Definitions, state: dict[str, Any], url: str) -> int:
+    con = _read_warehouse(defs)
+    try:
+        ledger = launch.ledger_summary(con, [r["runId"] for r in state["runs"]])
+    finally:
+        if con is not None:
+            con.close()
+    print(f"\nBackfill {state['id']}: {state['status']} ({state.get('title') or 'untitled'})")
+    print(f"{'asset':<22} {'targeted':>8} {'published':>9} {'held':>5} {'failed':>6}")
+    counts = (state.get("assetBackfillData") or {}).get("assetBackfillStatuses") or []
+    problems = 0
+    for c in counts:
+        asset = "/".join(c["assetKey"]["path"])
+        mine = ledger.get(asset, {"published": 0, "held": 0})
+        problems += mine["held"] + c["numPartitionsFailed"]
+        print(
+            f"{asset:<22} {c['numPartitionsTargeted']:>8} {mine['published']:>9} {mine['held']:>5} "
+            f"{c['numPartitionsFailed']:>6}"
+        )
+    print(
+        f"Runs: {len(state['runs'])} ({', '.join(sorted({r['status'] for r in state['runs']})) or 'none yet'}). "
+        f"UI: {url.rstrip('/')}/runs/b/{state['id']}"
+    )
+    ok = state["status"] in ("COMPLETED", "COMPLETED_SUCCESS") and problems == 0
+    return EXIT_OK if ok or state["status"] not in launch.DONE else EXIT_HELD
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = launch.status(args.url, args.backfill_id)
+    if args.json:
+        print(json.dumps(state, indent=2, sort_keys=True))
+        return EXIT_OK
+    return _print_status(load_definitions(args.file), state, args.url)
 
 
 def _say(args: argparse.Namespace, line: str) -> None:
@@ -269,6 +329,26 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--stale", action="store_true", help="plan the partitions published under older code")
     plan.add_argument("--json", action="store_true", help="print stable JSON")
     plan.set_defaults(func=cmd_plan)
+
+    pre = sub.add_parser("preflight", help="check a backfill brief and print its blast radius (exit 1 if it fails)")
+    pre.add_argument("brief", help="path of the brief, e.g. backfills/refunds-fix-2025q1.yaml")
+    pre.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    pre.set_defaults(func=cmd_preflight)
+
+    lau = sub.add_parser("launch", help="preflight a brief, then launch its backfill on a running Dagster")
+    lau.add_argument("brief", help="path of the brief")
+    lau.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    lau.add_argument("--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})")
+    lau.add_argument("--wait", action="store_true", help="show progress until the backfill ends, then a summary")
+    lau.add_argument("--poll-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
+    lau.set_defaults(func=cmd_launch)
+
+    sta = sub.add_parser("status", help="a launched backfill's state and per-asset summary")
+    sta.add_argument("backfill_id")
+    sta.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    sta.add_argument("--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})")
+    sta.add_argument("--json", action="store_true", help="print Dagster's answer as JSON")
+    sta.set_defaults(func=cmd_status)
     return parser
 
 
@@ -276,9 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, warehouse.WarehouseLockTimeout) as e:
+    except (UsageError, planning.PlanError, briefs.BriefError, warehouse.WarehouseLockTimeout) as e:
         print(f"backfill-assets: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except launch.DagsterError as e:
+        print(f"backfill-assets: {e}", file=sys.stderr)
+        return EXIT_DAGSTER
 
 
 if __name__ == "__main__":

@@ -106,6 +106,8 @@ def _asset_spec(spec: TableSpec, deps) -> dg.AssetSpec:
     }
     if spec.columns:
         metadata["dagster/column_schema"] = columns
+    if spec.metrics:
+        metadata["metrics"] = dg.MetadataValue.json(dict(spec.metrics))
     if spec.consumers:
         metadata["consumers"] = dg.MetadataValue.md(_consumers_md(spec.consumers))
     if spec.rules:

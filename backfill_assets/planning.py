@@ -20,6 +20,10 @@ import duckdb
 Ranges = list[tuple[int, int]]  # sorted, disjoint, half-open [lo, hi) partition index ranges
 
 
+class PlanError(ValueError):
+    """A selection or range that does not resolve; the message names it and the fix."""
+
+
 @dataclass(frozen=True)
 class PartitionIndex:
     """The partitions of a time-window definition as positions: partition i spans starts[i]..starts[i+1]."""
@@ -114,6 +118,7 @@ class Impact:
     published_code_versions: dict[str, int] = field(default_factory=dict)  # version -> partitions
     rows_published: int | None = None
     estimated_seconds: float | None = None
+    ranges: list[tuple[str, str]] = field(default_factory=list)  # (first key, last key) of each range
     reads: list[str] = field(default_factory=list)  # affected parents
     label: str = ""  # a consumer's name
     keys: list[str] = field(default_factory=list, repr=False)  # every partition key, for launching
@@ -220,6 +225,7 @@ def blast_radius(graph, seeds: Mapping[dg.AssetKey, Ranges], reasons: Mapping[dg
                 kinds=sorted(node.kinds),
                 owners=list(node.owners),
                 code_version=node.code_version,
+                ranges=[(index.keys[lo], index.keys[hi - 1]) for lo, hi in r] if index else [],
                 reads=sorted(p.to_user_string() for p in node.parent_keys if p in ranges),
                 label=str(node.metadata.get("consumer", key.to_user_string())),
                 keys=index.keys_in(r) if index else [],
@@ -267,6 +273,36 @@ def _map_edge(graph, parent: dg.AssetKey, child: dg.AssetKey, ranges: Ranges) ->
     else:
         raise ValueError(f"{child.to_user_string()}: partition mapping {type(mapping).__name__} cannot be planned")
     return map_downstream(ranges, partition_index(parent_def), partition_index(child_def), *offsets)
+
+
+def resolve_selection(graph, select: str | None) -> set[dg.AssetKey]:
+    """Materializable assets of a Dagster selection string (all of them when None)."""
+    try:
+        selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
+        keys = {k for k in selection.resolve(graph) if graph.get(k).is_materializable}
+    except Exception as e:  # Dagster raises several types for unknown keys and bad syntax
+        raise PlanError(f"--select {select!r} does not resolve: {e}") from None
+    if not keys:
+        raise PlanError(f"--select {select!r} matches no materializable asset")
+    for key in keys:
+        if not isinstance(graph.get(key).partitions_def, dg.TimeWindowPartitionsDefinition):
+            raise PlanError(
+                f"{key.to_user_string()} is not time-partitioned; backfill-assets needs daily, "
+                "weekly or monthly partitions"
+            )
+    return keys
+
+
+def check_range(graph, keys: set[dg.AssetKey], start: dt.date, end: dt.date) -> None:
+    """Refuse an inverted range or one that starts before the selection's first partition."""
+    if end < start:
+        raise PlanError(f"--from {start} is after --to {end}")
+    pdefs = {graph.get(k).partitions_def for k in keys}
+    first = min(p.time_window_for_partition_key(p.get_first_partition_key()).start.date() for p in pdefs)
+    if start < first:
+        raise PlanError(f"--from {start} is before the first partition of the selection ({first})")
+    if start > dt.date.today():
+        raise PlanError(f"--from {start} is in the future: no partition exists yet")
 
 
 def selection_seeds(graph, keys: Iterable[dg.AssetKey], start: dt.date, end: dt.date) -> dict[dg.AssetKey, Ranges]:

@@ -62,8 +62,9 @@ def _graphql(url: str, query: str, variables: dict) -> dict:
     return payload["data"]
 
 
-@pytest.fixture
-def dagster_dev(tmp_path):
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("dagster_dev")
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "instance" / "dagster.yaml", home / "dagster.yaml")
@@ -161,3 +162,52 @@ def test_ui_backfill_of_all_assets_completes_with_green_checks_and_no_lock_error
         "monthly_revenue": 1,
     }
     assert actions == {"publish"}
+
+
+BACKFILL_TITLE = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { title description tags { key value } } }
+}"""
+
+
+def test_launch_runs_the_refunds_fix_brief_end_to_end(dagster_dev):
+    url, db, _, home = dagster_dev
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "BACKFILL_ASSETS_DB": str(db),
+        "BACKFILL_ASSETS_DEMO_EVENTS_PER_DAY": "300",
+    }
+    cli = str(Path(sys.executable).parent / "backfill-assets")
+    upstream = "key:raw_events or key:events_clean"
+    seeded = subprocess.run(
+        [cli, "materialize", "--select", upstream, "--from", "2025-01-01", "--to", "2025-03-31"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+
+    done = subprocess.run(
+        [cli, "launch", "backfills/refunds-fix-2025q1.yaml", "--url", url, "--wait", "--poll-seconds", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "Preflight" not in out  # a passing preflight launches without ceremony
+    backfill_id = out.split("Launched backfill ", 1)[1].split()[0]
+    assert f"{url}/runs/b/{backfill_id}" in out
+    assert "[##############################] 93/93 partitions published, 0 failed" in out
+    assert "revenue_daily                90        90     0      0" in out
+    assert "monthly_revenue               3         3     0      0" in out
+    backfill = _graphql(url, BACKFILL_TITLE, {"id": backfill_id})["partitionBackfillOrError"]
+    assert backfill["title"] == "[refunds-fix-2025q1] Net revenue with refunds joined, Q1 2025"
+    assert {"key": "backfill_assets/brief", "value": "refunds-fix-2025q1"} in backfill["tags"]
+    assert "| revenue_daily | selected | 2025-01-01..2025-03-31 (90) |" in backfill["description"]

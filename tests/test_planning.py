@@ -1,6 +1,7 @@
 """Blast radius: partition mapping arithmetic equals Dagster's, and plans over the reference pipeline."""
 
 import datetime as dt
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -74,3 +75,65 @@ def test_map_downstream_clips_to_existing_partitions(start_offset, end_offset):
     last = len(index.keys)
     assert pl.map_downstream([(last - 1, last)], index, index, start_offset, end_offset)[-1][1] <= last
     assert pl.map_downstream([(0, 1)], index, index, start_offset, end_offset)[0][0] >= 0
+
+
+BUMPED_DEFINITIONS = """
+import dataclasses, os
+import dagster as dg
+import backfill_assets as bfa
+from product_analytics import tables
+
+bumped = dataclasses.replace(tables.revenue_daily_spec, code_version="2")
+assets = [a for a in tables.build_assets() if a.key != dg.AssetKey("revenue_daily")]
+assets.append(bfa.derived_asset(bumped, tables.REVENUE_DAILY_SQL, deps=["events_clean"]))
+defs = dg.Definitions(assets=assets, resources={"warehouse": bfa.Warehouse(database=os.environ["BACKFILL_ASSETS_DB"])})
+"""
+
+
+def _plan_json(capsys, *args):
+    import json
+
+    from backfill_assets import cli
+
+    assert cli.main(["plan", *args, "--json"]) == cli.EXIT_OK
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_stale_lists_exactly_the_bumped_assets_partitions_and_downstream(january, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(january))
+    definitions = tmp_path / "bumped.py"
+    definitions.write_text(BUMPED_DEFINITIONS)
+    defs_file = str(Path(__file__).resolve().parents[1] / "definitions.py")
+
+    assert _plan_json(capsys, "--stale", "-f", defs_file)["assets"] == []  # nothing stale before the bump
+    plan = _plan_json(capsys, "--stale", "-f", str(definitions))
+
+    assert [(a["asset"], a["partitions"], a["partition_count"]) for a in plan["assets"]] == [
+        ("revenue_daily", ["2025-01-01..2025-01-31"], 31),
+        ("monthly_revenue", ["2025-01-01"], 1),
+    ]
+    revenue = plan["assets"][0]
+    assert revenue["reason"] == "stale: published under code version 1, current 2"
+    assert revenue["published_code_versions"] == {"1": 31} and revenue["code_version"] == "2"
+    assert [c["name"] for c in plan["consumers"]] == ["Finance revenue dashboard"]
+    assert plan["notify"] == ["team:finance", "team:finance-analytics"]
+
+
+def test_plan_reports_rows_and_estimates_from_the_ledger(january, monkeypatch, capsys):
+    import duckdb
+
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(january))
+    defs_file = str(Path(__file__).resolve().parents[1] / "definitions.py")
+    plan = _plan_json(capsys, "--select", "key:sessions", "--from", "2025-01-10", "--to", "2025-01-19", "-f", defs_file)
+    sessions = plan["assets"][0]
+    con = duckdb.connect(str(january), read_only=True)
+    rows = con.execute("SELECT count(*) FROM sessions WHERE session_date BETWEEN '2025-01-10' AND '2025-01-19'")
+    assert sessions["rows_published"] == rows.fetchall()[0][0]
+    con.close()
+    assert sessions["estimated_seconds"] is not None and sessions["estimated_seconds"] >= 0
+    by_asset = {a["asset"]: a for a in plan["assets"]}
+    assert by_asset["daily_active_users"]["reason"] == "downstream (1) of sessions"
+    assert by_asset["funnel_daily"]["depth"] == 2
+    assert by_asset["weekly_active_users"]["rows_published"] == 0  # not built in this warehouse
+    assert by_asset["weekly_active_users"]["partitions"] == ["2025-01-06..2025-01-13"]
+    assert plan["totals"]["partitions"] == sum(a["partition_count"] for a in plan["assets"])

@@ -1,0 +1,148 @@
+"""Launch a brief's backfill on a running Dagster (its GraphQL API, as the UI does) and follow it."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import duckdb
+
+from . import planning
+
+BRIEF_TAG = "backfill_assets/brief"
+DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+_LAUNCH = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+_STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      id status title numPartitions
+      tags { key value }
+      assetBackfillData {
+        assetBackfillStatuses {
+          ... on AssetPartitionsStatusCounts {
+            assetKey { path }
+            numPartitionsTargeted numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed
+          }
+        }
+      }
+      runs(limit: 1000) { runId status }
+    }
+    ... on BackfillNotFoundError { message }
+    ... on PythonError { message }
+  }
+}"""
+
+
+class DagsterError(RuntimeError):
+    """Dagster could not be reached or refused the request; the message says which and why."""
+
+
+def graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    if not url.startswith(("http://", "https://")):
+        raise DagsterError(f"--url {url!r} must start with http:// or https://")
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        f"{url.rstrip('/')}/graphql", body, {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            payload = json.load(response)
+    except (urllib.error.URLError, OSError) as e:
+        raise DagsterError(
+            f"no Dagster answering at {url} ({getattr(e, 'reason', e)}); start it with make dev"
+        ) from None
+    if payload.get("errors"):
+        raise DagsterError(f"Dagster refused the request: {payload['errors'][0].get('message')}")
+    return payload["data"]
+
+
+def backfill_params(brief: dict[str, Any], plan: planning.Plan) -> dict[str, Any]:
+    """LaunchBackfillParams covering the blast radius: exact partition ranges per asset."""
+    return {
+        "title": f"[{brief['id']}] {brief['title']}",
+        "description": describe(brief, plan),
+        "tags": [
+            {"key": BRIEF_TAG, "value": str(brief["id"])},
+            {"key": "backfill_assets/risk", "value": brief["risk"]},
+        ],
+        "partitionsByAssets": [
+            {
+                "assetKey": {"path": impact.asset.split("/")},
+                "partitions": {"ranges": [{"start": a, "end": b} for a, b in impact.ranges]},
+            }
+            for impact in plan.tables
+            if impact.ranges
+        ],
+    }
+
+
+def describe(brief: dict[str, Any], plan: planning.Plan) -> str:
+    """The brief and its blast radius as markdown: what the backfill's page in the UI shows."""
+    t = plan.totals()
+    lines = [
+        f"**{brief['title']}** — {brief['risk']}, owner {brief['owner']}, reviewed by {brief['reviewer']}",
+        "",
+        str(brief["reason"]).strip(),
+        "",
+        "| asset | why | partitions | rows now |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {i.asset} | {i.reason} | {', '.join(i.partitions)} ({i.partition_count}) | {i.rows_published or 0:,} |"
+        for i in plan.tables
+    ]
+    if plan.consumers:
+        lines += ["", "Consumers: " + "; ".join(f"{c.label} ({', '.join(c.owners)})" for c in plan.consumers)]
+    lines += ["", f"{t['assets']} assets, {t['partitions']} partitions. Rollback: {str(brief['rollback']).strip()}"]
+    return "\n".join(lines)
+
+
+def launch(url: str, brief: dict[str, Any], plan: planning.Plan) -> str:
+    result = graphql(url, _LAUNCH, {"params": backfill_params(brief, plan)})["launchPartitionBackfill"]
+    if result["__typename"] != "LaunchBackfillSuccess":
+        raise DagsterError(f"Dagster did not launch the backfill: {result.get('message', result['__typename'])}")
+    return result["backfillId"]
+
+
+def status(url: str, backfill_id: str) -> dict[str, Any]:
+    result = graphql(url, _STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+    if result["__typename"] != "PartitionBackfill":
+        raise DagsterError(f"no backfill {backfill_id!r} on {url}: {result.get('message', result['__typename'])}")
+    return result
+
+
+def progress(state: dict[str, Any]) -> tuple[int, int, int]:
+    """(partitions done, failed, targeted) over every asset of the backfill."""
+    counts = (state.get("assetBackfillData") or {}).get("assetBackfillStatuses") or []
+    done = sum(c.get("numPartitionsMaterialized", 0) for c in counts)
+    failed = sum(c.get("numPartitionsFailed", 0) for c in counts)
+    return done, failed, sum(c.get("numPartitionsTargeted", 0) for c in counts)
+
+
+def ledger_summary(con: duckdb.DuckDBPyConnection | None, run_ids: list[str]) -> dict[str, dict[str, int]]:
+    """asset -> {published, held} partitions, from the ledger entries of these runs."""
+    if con is None or not run_ids:
+        return {}
+    rows = con.execute(
+        "SELECT asset, action, sum(len(partition_keys)) FROM bfa.ledger "
+        "WHERE run_id IN (SELECT unnest(?)) AND action IN ('publish', 'hold') GROUP BY 1, 2",
+        [run_ids],
+    ).fetchall()
+    summary: dict[str, dict[str, int]] = {}
+    for asset, action, n in rows:
+        summary.setdefault(asset, {"published": 0, "held": 0})["published" if action == "publish" else "held"] = int(n)
+    return summary
