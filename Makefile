@@ -10,7 +10,7 @@ DEMO_TO ?= 2025-03-31
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: dev test seed lint clean
+.PHONY: dev test seed lint clean bench-plan
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest
+
+bench-plan: $(BIN)/.installed
+	$(BIN)/python benchmarks/plan_bench.py
 
 clean:
 	rm -rf $(VENV) .dagster_home data .pytest_cache .ruff_cache

@@ -137,3 +137,15 @@ def test_plan_reports_rows_and_estimates_from_the_ledger(january, monkeypatch, c
     assert by_asset["weekly_active_users"]["rows_published"] == 0  # not built in this warehouse
     assert by_asset["weekly_active_users"]["partitions"] == ["2025-01-06..2025-01-13"]
     assert plan["totals"]["partitions"] == sum(a["partition_count"] for a in plan["assets"])
+
+
+def test_plan_benchmark_smoke():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/plan_bench.py", "--smoke"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "    100       100" in done.stdout  # every generated asset is downstream of the first layer
