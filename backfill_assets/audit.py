@@ -72,8 +72,9 @@ def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcom
             f"SELECT {keys}, count(*) AS copies FROM candidate GROUP BY {keys} "
             f"HAVING count(*) > 1 ORDER BY copies DESC, {keys} LIMIT {SAMPLE_ROWS}",
         )
-    if null_keys:
-        failures += _rows(con, f"SELECT * FROM candidate WHERE {any_null} LIMIT {SAMPLE_ROWS}")
+    if null_keys:  # grain and partition columns only: samples land in Dagster's event log
+        shown = ", ".join(quote_ident(c) for c in dict.fromkeys([*spec.grain, spec.partition_column]))
+        failures += _rows(con, f"SELECT {shown} FROM candidate WHERE {any_null} LIMIT {SAMPLE_ROWS}")
     grain = "(" + ", ".join(spec.grain) + ")"
     if dup_keys or null_keys:
         summary = (
@@ -146,6 +147,7 @@ def check_complete(
 
 
 def _null_rates(con: duckdb.DuckDBPyConnection, spec: TableSpec, total: int) -> list[dict[str, Any]]:
+    """Columns whose NULL rate exceeds its bound in any partition (the worst partition is reported)."""
     bounded = {
         name: (0.0 if not col.nullable else col.max_null_rate)
         for name, col in spec.columns.items()
@@ -157,13 +159,20 @@ def _null_rates(con: duckdb.DuckDBPyConnection, spec: TableSpec, total: int) -> 
     bounded = {c: b for c, b in bounded.items() if c in present}  # a missing column is the schema check's finding
     if not bounded:
         return []
+    part = quote_ident(spec.partition_column)
     exprs = ", ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in bounded)
-    nulls = con.execute(f"SELECT {exprs} FROM candidate").fetchall()[0]
+    per_partition = con.execute(f"SELECT {part}, count(*), {exprs} FROM candidate GROUP BY 1 ORDER BY 1").fetchall()
     out = []
-    for (col, bound), n in zip(bounded.items(), nulls, strict=True):
-        if n / total > bound:
-            problem = f"{n} NULLs" if bound == 0 else f"null rate {n / total:.2%} above {bound:.2%}"
-            out.append({"column": col, "problem": problem, "null_rows": n})
+    for i, (col, bound) in enumerate(bounded.items()):
+        over = [(r[0], r[1], r[i + 2]) for r in per_partition if r[i + 2] / r[1] > bound]
+        if over:
+            p, n, nulls = max(over, key=lambda o: o[2] / o[1])
+            problem = (
+                f"{nulls} NULLs in {len(over)} partitions (e.g. {p})"
+                if bound == 0
+                else f"null rate above {bound:.2%} in {len(over)} partitions (worst {p}: {nulls / n:.2%})"
+            )
+            out.append({"column": col, "problem": problem, "null_rows": sum(o[2] for o in over)})
     return out
 
 

@@ -166,7 +166,7 @@ def _blank(value: Any) -> bool:
 
 
 def _scope_plan(scope: Any, defs: dg.Definitions, add) -> planning.Plan | None:
-    if not isinstance(scope, dict):
+    if not isinstance(scope, dict) or _blank(scope.get("select")):
         add(Check("scope", False, "scope must have select, from and to"))
         return None
     graph = defs.resolve_asset_graph()
@@ -188,6 +188,8 @@ def _scope_plan(scope: Any, defs: dg.Definitions, add) -> planning.Plan | None:
 
 
 def _day(value: Any, name: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
     if isinstance(value, dt.date):
         return value
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import dagster as dg
 
-from . import briefs, launch, planning, warehouse
+from . import briefs, changes, history, launch, planning, warehouse
 from .factory import WAREHOUSE_KEY
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
@@ -49,6 +49,13 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key.strip(), value
 
 
 def plan_groups(
@@ -90,7 +97,7 @@ def _upstream_first(graph, groups: dict[Any, list[dg.AssetKey]]) -> list[Any]:
 
 def _read_warehouse(defs: dg.Definitions):
     """A read-only connection to the definitions' warehouse, or None when it does not exist yet."""
-    resource = defs.resources.get(WAREHOUSE_KEY)
+    resource = (defs.resources or {}).get(WAREHOUSE_KEY)
     if resource is None or not os.path.exists(resource.database):
         return None
     con = warehouse.connect(resource.database, lock_timeout_s=resource.lock_timeout_s, read_only=True)
@@ -110,14 +117,20 @@ def _published_everywhere(defs: dg.Definitions, keys: list[dg.AssetKey], partiti
         con.close()
 
 
-def _failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
-    out = []
+def _failure_messages(result: dg.ExecuteInProcessResult) -> tuple[list[str], bool]:
+    """The failed steps' messages, and whether any was a check holding a candidate (not an error)."""
+    out, held = [], False
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             data = event.event_specific_data
             user = getattr(data, "user_failure_data", None)
-            out.append(user.description if user and user.description else data.error.message.strip())
-    return out
+            if user and user.description:
+                out.append(user.description)
+                held = True
+            else:  # an exception in the step: its own message, not Dagster's wrapper or a traceback
+                error = data.error.cause or data.error
+                out.append(error.message.strip().splitlines()[0])
+    return out, held
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
@@ -143,6 +156,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 asset_selection=keys,
                 raise_on_error=False,
                 tags={
+                    **dict(args.tag or []),
                     "dagster/asset_partition_range_start": partitions[0],
                     "dagster/asset_partition_range_end": partitions[-1],
                     "backfill_assets/cli": "materialize",
@@ -153,8 +167,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             if result.success:
                 entry["status"] = "published"
             else:
-                entry["status"] = "held"
-                entry["errors"] = _failure_messages(result)
+                entry["errors"], held = _failure_messages(result)
+                entry["status"] = "held" if held else "failed"
                 code = EXIT_HELD
         _say(args, f"{label}: {entry['status']}" + (f" in {entry['seconds']}s" if "seconds" in entry else ""))
         for err in entry.get("errors", []):
@@ -288,6 +302,177 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _print_status(load_definitions(args.file), state, args.url)
 
 
+def _table_asset(defs: dg.Definitions, name: str) -> Any:
+    """The graph node of a materializable, time-partitioned asset named on the command line."""
+    graph = defs.resolve_asset_graph()
+    key = dg.AssetKey.from_user_string(name)
+    if not graph.has(key) or not graph.get(key).is_materializable:
+        tables = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_materializable)
+        raise UsageError(f"unknown asset {name!r}; derived tables: {', '.join(tables)}")
+    return graph.get(key)
+
+
+def _partition_keys(graph, node: Any, args: argparse.Namespace, required: bool = True) -> list[str] | None:
+    """Partition keys from --partition (repeatable) or --from/--to; None when neither is given."""
+    index = planning.partition_index(node.partitions_def)
+    if getattr(args, "partition", None):
+        unknown = [p for p in args.partition if p not in index.positions]
+        if unknown:
+            raise UsageError(f"{node.key.to_user_string()} has no partition {', '.join(unknown)}")
+        return list(args.partition)
+    if args.start and args.end:
+        planning.check_range(graph, {node.key}, args.start, args.end)
+        lo, hi = index.within(args.start, args.end)
+        return list(index.keys[lo:hi])
+    if required:
+        raise UsageError("give --partition or --from and --to")
+    return None
+
+
+def _write_warehouse(defs: dg.Definitions):
+    resource = (defs.resources or {}).get(WAREHOUSE_KEY)
+    if resource is None:
+        raise UsageError(f"the definitions have no {WAREHOUSE_KEY!r} resource (a backfill_assets.Warehouse)")
+    return resource.get_connection()
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    defs = load_definitions(args.file)
+    _table_asset(defs, args.asset)
+    con = _read_warehouse(defs)
+    rows = history.versions(con, args.asset, args.partition) if con is not None else []
+    if con is not None:
+        con.close()
+    print(json.dumps(rows, indent=2, default=str) if args.json else history.render_versions(args.asset, rows))
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    defs = load_definitions(args.file)
+    node = _table_asset(defs, args.asset)
+    graph = defs.resolve_asset_graph()
+    keys = _partition_keys(graph, node, args)
+    index = planning.partition_index(node.partitions_def)
+    radius = planning.blast_radius(graph, {node.key: index.ranges_of(keys)})
+    downstream = {i.asset: i.keys for i in radius.tables if i.asset != args.asset}
+    with _write_warehouse(defs) as con:
+        targets = {args.asset: history.rollback_targets(con, args.asset, keys, args.to_version)}
+        if args.cascade:
+            targets.update(history.cascade_targets(con, args.asset, keys, downstream))
+        before = {a: history.published_versions(con, a) for a in targets}
+        history.rollback(con, targets, reason=args.reason, actor=None)
+        after = {a: warehouse.published_partitions(con, a) for a in targets}
+    for asset, versions in targets.items():
+        print(f"{asset}: rolled back {len(versions)} partitions")
+        for key, version in versions.items():
+            print(f"  {key}: version {before[asset][key]} -> {version} (content {after[asset][key][2]})")
+    resting = {a: k for a, k in downstream.items() if a not in targets}
+    if resting:
+        print("\nDownstream partitions now rest on changed data (re-materialize them, or roll back with --cascade):")
+        for i in radius.tables:
+            if i.asset in resting:
+                print(f"  {i.asset}: {', '.join(i.partitions)} ({i.partition_count})")
+    return EXIT_OK
+
+
+def _decide(args: argparse.Namespace, approve: bool) -> int:
+    defs = load_definitions(args.file)
+    node = _table_asset(defs, args.asset)
+    keys = _partition_keys(defs.resolve_asset_graph(), node, args, required=False)
+    with _write_warehouse(defs) as con:
+        if approve:
+            done = history.approve(con, args.asset, keys, args.by, args.reason)
+            print(
+                f"{args.asset}: published {len(done)} held versions approved by {args.by}: "
+                + ", ".join(f"{k} (version {v})" for k, v in done.items())
+            )
+        else:
+            freed = history.discard(con, args.asset, keys, args.by, args.reason)
+            print(f"{args.asset}: discarded the held versions ({freed} rows freed), decided by {args.by}")
+    return EXIT_OK
+
+
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    defs = load_definitions(args.file)
+    graph = defs.resolve_asset_graph()
+    retention = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if node.is_materializable:
+            rule = node.metadata.get("retention")
+            retention[key.to_user_string()] = history.Retention(**rule.value) if rule else history.Retention()
+    brief_dir = Path(args.file).resolve().parent / "backfills"
+    brief_ids = sorted(p.stem for p in brief_dir.glob("*.yaml"))
+    with _write_warehouse(defs) as con:
+        protected = history.brief_protected_versions(con, brief_ids)
+        candidates = history.vacuum_candidates(con, retention, protected, None)
+        freed = 0 if args.dry_run else history.vacuum(con, candidates)
+    rows = sum(c["rows"] for c in candidates)
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"vacuum {verb} {len(candidates)} versions, {rows} rows "
+        f"({len(protected)} versions kept for briefs: {', '.join(brief_ids) or 'none'})"
+    )
+    for asset in sorted({c["asset"] for c in candidates}):
+        mine = [c for c in candidates if c["asset"] == asset]
+        print(f"  {asset}: {len(mine)} versions, {sum(c['rows'] for c in mine)} rows")
+    if not args.dry_run and freed != rows:
+        print(f"note: {freed} rows were deleted")
+    return EXIT_OK
+
+
+def cmd_notes(args: argparse.Namespace) -> int:
+    defs = load_definitions(args.file)
+    con = _read_warehouse(defs)
+    if con is None:
+        raise UsageError("no warehouse with published data yet")
+    tag, value = ("backfill_assets/brief", args.brief) if args.brief else ("dagster/backfill", args.backfill)
+    try:
+        note = changes.note_from_ledger(
+            con, tag, value, title=f"Change note: {'brief' if args.brief else 'backfill'} {value}"
+        )
+        if args.backfill and not args.brief:
+            found = con.execute(
+                "SELECT DISTINCT params->'run_tags'->>'backfill_assets/brief' FROM bfa.ledger "
+                "WHERE (params->'run_tags'->>'dagster/backfill') = ?",
+                [value],
+            ).fetchall()
+            brief_id = next((b for (b,) in found if b), None)
+        else:
+            brief_id = args.brief
+    finally:
+        con.close()
+    if not note.assets:
+        raise UsageError(f"no publish or hold recorded for {tag}={value}")
+    brief_file = Path(args.file).resolve().parent / "backfills" / f"{brief_id}.yaml"
+    if brief_id and brief_file.is_file():
+        note.brief = briefs.load(brief_file)
+        note.title = f"Change note: {note.brief.get('title', brief_id)} ({brief_id})"
+    graph = defs.resolve_asset_graph()
+    readers = {
+        c.asset: c
+        for asset in note.assets
+        for c in planning.blast_radius(graph, {dg.AssetKey.from_user_string(asset): []}).consumers
+    }
+    named = {n.lower() for c in readers.values() for n in (c.label, *c.owners)}
+    note.consumers = [f"{c.label} ({', '.join(c.owners) or 'no owner'})" for c in readers.values()]
+    note.consumers += [str(s) for s in (note.brief or {}).get("stakeholders", []) if str(s).lower() not in named]
+    out = Path(args.out) / value
+    out.mkdir(parents=True, exist_ok=True)
+    charts = {}
+    for change in note.changes:
+        if change.movers():
+            path = out / f"{change.asset}.{change.metric}.svg"
+            path.write_text(changes.svg_chart(change))
+            charts[(change.asset, change.metric)] = path.name
+    markdown = note.to_markdown(charts)
+    (out / "note.md").write_text(markdown)
+    print(note.to_json() if args.format == "json" else markdown, end="")
+    if args.format == "md":
+        print(f"\n(written to {out / 'note.md'} with {len(charts)} charts)")
+    return EXIT_OK
+
+
 def _say(args: argparse.Namespace, line: str) -> None:
     if not args.json:
         print(line, flush=True)
@@ -302,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
         "materialize",
         help="write-audit-publish a date range, one ranged run per partitions definition",
         description="Materialize the selected assets over [--from, --to] in one ranged run per partitions "
-        "definition (daily, then weekly, then monthly), recorded in $DAGSTER_HOME's instance when set. Weekly and "
-        "monthly partitions are included only when their whole window lies in the range.",
+        "definition (upstream groups first: daily before weekly and monthly), recorded in $DAGSTER_HOME's "
+        "instance when set. Weekly and monthly partitions are included only when their whole window lies in "
+        "the range.",
     )
     mat.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
     mat.add_argument("--select", help="Dagster asset selection, e.g. 'key:events_clean+' (default: all)")
@@ -312,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--only-missing", action="store_true", help="skip groups whose partitions are all published")
     mat.add_argument("--json", action="store_true", help="print a JSON report instead of progress lines")
     mat.add_argument("-v", "--verbose", action="store_true", help="show Dagster's run log")
+    mat.add_argument(
+        "--tag",
+        type=_tag,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a run tag (repeatable), e.g. backfill_assets/brief=<id> to attribute the runs to a brief",
+    )
     mat.set_defaults(func=cmd_materialize)
 
     plan = sub.add_parser(
@@ -349,6 +542,55 @@ def build_parser() -> argparse.ArgumentParser:
     sta.add_argument("--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})")
     sta.add_argument("--json", action="store_true", help="print Dagster's answer as JSON")
     sta.set_defaults(func=cmd_status)
+
+    def table_command(name: str, help_: str, func, ranges: bool = True) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_, description=help_)
+        cmd.add_argument("asset", help="the derived table, e.g. revenue_daily")
+        cmd.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+        if ranges:
+            cmd.add_argument("--partition", action="append", help="a partition key (repeatable)")
+            cmd.add_argument("--from", dest="start", type=_date, help="first date of a range")
+            cmd.add_argument("--to", dest="end", type=_date, help="last date of a range (inclusive)")
+        cmd.set_defaults(func=func)
+        return cmd
+
+    his = table_command(
+        "history", "every version of each partition: status, run, code version, rows, checks", cmd_history, ranges=False
+    )
+    his.add_argument("--partition", help="one partition key")
+    his.add_argument("--json", action="store_true", help="print JSON")
+    rol = table_command(
+        "rollback", "publish the previous (or a given) version of partitions again, atomically", cmd_rollback
+    )
+    rol.add_argument("--to-version", type=int, help="the version to publish (with one --partition)")
+    rol.add_argument(
+        "--cascade", action="store_true", help="also roll back downstream partitions published by the same backfill"
+    )
+    rol.add_argument("--reason", default="rollback requested on the command line", help="recorded in the ledger")
+    for name, func, what in (
+        ("approve", lambda a: _decide(a, True), "publish held candidates after review"),
+        ("discard", lambda a: _decide(a, False), "delete held candidates after review"),
+    ):
+        cmd = table_command(name, f"{what} (all held partitions unless --partition/--from/--to)", func)
+        cmd.add_argument("--by", required=True, help="who decides (recorded)")
+        cmd.add_argument("--reason", required=True, help="why (recorded)")
+    vac = sub.add_parser(
+        "vacuum",
+        help="remove versions beyond each table's retention; never published ones, "
+        "held ones, or versions a brief in backfills/ still needs",
+    )
+    vac.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    vac.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
+    vac.set_defaults(func=cmd_vacuum)
+
+    notes = sub.add_parser("notes", help="a change note for stakeholders: what moved, why, validation, who to tell")
+    which = notes.add_mutually_exclusive_group(required=True)
+    which.add_argument("--brief", help="the brief id (its runs are tagged backfill_assets/brief)")
+    which.add_argument("--backfill", help="the Dagster backfill id")
+    notes.add_argument("--format", choices=("md", "json"), default="md")
+    notes.add_argument("--out", default="notes", help="folder for note.md and the charts (default notes/)")
+    notes.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    notes.set_defaults(func=cmd_notes)
     return parser
 
 
@@ -356,12 +598,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, planning.PlanError, briefs.BriefError, warehouse.WarehouseLockTimeout) as e:
+    except (
+        UsageError,
+        planning.PlanError,
+        briefs.BriefError,
+        history.HistoryError,
+        warehouse.WarehouseLockTimeout,
+    ) as e:
         print(f"backfill-assets: {e}", file=sys.stderr)
         return EXIT_USAGE
     except launch.DagsterError as e:
         print(f"backfill-assets: {e}", file=sys.stderr)
         return EXIT_DAGSTER
+    except BrokenPipeError:  # output piped into head or less that exited early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from . import audit
+from . import audit, changes
 from .publish import RunReport, Transform, audit_published, write_audit_publish
 from .spec import Consumer, TableSpec
 
@@ -82,7 +82,8 @@ def derived_asset(
         )
         for key in keys:
             context.add_asset_metadata(_partition_metadata(report, key), asset_key=spec.key, partition_key=key)
-        yield dg.MaterializeResult(asset_key=spec.key, metadata=_run_metadata(report), check_results=results)
+        metadata = {**_run_metadata(report), "change_note": dg.MetadataValue.md(_change_note(spec, report, context))}
+        yield dg.MaterializeResult(asset_key=spec.key, metadata=metadata, check_results=results)
 
     return _asset
 
@@ -103,6 +104,7 @@ def _asset_spec(spec: TableSpec, deps) -> dg.AssetSpec:
         "dagster/table_name": f"main.{spec.name}",
         "grain": ", ".join(spec.grain),
         "partition_column": spec.partition_column,
+        "retention": dg.MetadataValue.json({"keep_versions": spec.keep_versions, "keep_days": spec.keep_days}),
     }
     if spec.columns:
         metadata["dagster/column_schema"] = columns
@@ -172,6 +174,19 @@ def _run_metadata(report: RunReport) -> dict[str, Any]:
         "audit_seconds": round(report.audit_s, 3),
         "versions": f"{min(versions)}..{max(versions)}",
     }
+
+
+def _change_note(spec: TableSpec, report: RunReport, context: dg.AssetExecutionContext) -> str:
+    """This publish's change note: the same format `backfill-assets notes` uses for a whole backfill."""
+    keys = sorted(report.partitions)
+    brief = context.run.tags.get("backfill_assets/brief")
+    note = changes.Note(
+        title=f"{spec.name} {keys[0]}..{keys[-1]}" + (f", brief {brief}" if brief else ""),
+        assets={spec.name: {"published": keys, "held": [], "checks": "all passed"}},
+        changes=changes.metric_changes(spec.name, report.metrics_before, report.metrics_after),
+        consumers=[c.name for c in spec.consumers],
+    )
+    return note.to_markdown()
 
 
 def _partition_metadata(report: RunReport, key: str) -> dict[str, Any]:

@@ -61,6 +61,10 @@ def graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
             payload = json.load(response)
+    except urllib.error.HTTPError as e:
+        raise DagsterError(f"{url} answered HTTP {e.code} ({e.reason}); is it a Dagster webserver?") from None
+    except ValueError:  # not JSON
+        raise DagsterError(f"{url}/graphql did not answer with JSON; is it a Dagster webserver?") from None
     except (urllib.error.URLError, OSError) as e:
         raise DagsterError(
             f"no Dagster answering at {url} ({getattr(e, 'reason', e)}); start it with make dev"

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import duckdb
@@ -31,14 +32,19 @@ class PartitionIndex:
     keys: tuple[str, ...]
     starts: tuple[float, ...]  # timestamps; one more than keys: the end of the last partition
     positions: dict[str, int] = field(compare=False, repr=False)
+    timezone: str = "UTC"
+
+    def _timestamp(self, day: dt.date) -> float:
+        return dt.datetime.combine(day, dt.time(), ZoneInfo(self.timezone)).timestamp()
 
     def position(self, key: str) -> int:
         return self.positions[key]
 
     def within(self, start: dt.date, end: dt.date) -> tuple[int, int]:
-        """Positions of the partitions whose whole window lies in the days start..end (inclusive)."""
-        lo = _timestamp(start)
-        hi = _timestamp(end + dt.timedelta(days=1))
+        """Positions of the partitions whose whole window lies in the days start..end (inclusive), days
+        counted in the partitions definition's time zone."""
+        lo = self._timestamp(start)
+        hi = self._timestamp(end + dt.timedelta(days=1))
         first = bisect.bisect_left(self.starts, lo)
         last = bisect.bisect_right(self.starts, hi) - 1  # partitions ending at or before hi
         return first, max(first, min(last, len(self.keys)))
@@ -54,21 +60,26 @@ class PartitionIndex:
         return [self.keys[lo] if hi - lo == 1 else f"{self.keys[lo]}..{self.keys[hi - 1]}" for lo, hi in ranges]
 
 
-def _timestamp(day: dt.date) -> float:
-    return dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
-
-
 _INDEXES: dict[Any, PartitionIndex] = {}
 
 
 def partition_index(pdef: dg.TimeWindowPartitionsDefinition) -> PartitionIndex:
     """The index of `pdef`'s partitions that exist now (cached per definition)."""
-    cache_key = (pdef.cron_schedule, pdef.start, pdef.end, pdef.timezone, pdef.fmt, dt.date.today())
+    cache_key = (
+        pdef.cron_schedule,
+        pdef.start,
+        pdef.end,
+        pdef.timezone,
+        pdef.fmt,
+        pdef.end_offset,
+        tuple(pdef.exclusions or ()),
+        dt.date.today(),
+    )
     if cache_key not in _INDEXES:
         keys = tuple(pdef.get_partition_keys())
         windows = [pdef.time_window_for_partition_key(k) for k in keys]
         starts = tuple([w.start.timestamp() for w in windows] + ([windows[-1].end.timestamp()] if windows else []))
-        _INDEXES[cache_key] = PartitionIndex(keys, starts, {k: i for i, k in enumerate(keys)})
+        _INDEXES[cache_key] = PartitionIndex(keys, starts, {k: i for i, k in enumerate(keys)}, pdef.timezone)
     return _INDEXES[cache_key]
 
 
@@ -192,11 +203,9 @@ def blast_radius(graph, seeds: Mapping[dg.AssetKey, Ranges], reasons: Mapping[dg
     ranges: dict[dg.AssetKey, Ranges] = {k: merge(r) for k, r in seeds.items()}
     depth: dict[dg.AssetKey, tuple[int, dg.AssetKey | None]] = {k: (0, None) for k in seeds}
     for key in _downstream_order(graph, seeds):
-        node = graph.get(key)
-        if key in seeds:
-            continue
-        mine: Ranges = []
-        for parent in node.parent_keys:
+        # A seed downstream of another seed also changes wherever its changed parents reach.
+        mine: Ranges = list(ranges.get(key, []))
+        for parent in graph.get(key).parent_keys:
             if parent not in ranges:
                 continue
             mine += _map_edge(graph, parent, key, ranges[parent])
@@ -264,14 +273,14 @@ def _map_edge(graph, parent: dg.AssetKey, child: dg.AssetKey, ranges: Ranges) ->
     if not isinstance(parent_def, dg.TimeWindowPartitionsDefinition) or not isinstance(
         child_def, dg.TimeWindowPartitionsDefinition
     ):
-        raise ValueError(f"{child.to_user_string()}: only time-window partitions can be planned")
+        raise PlanError(f"{child.to_user_string()}: only time-window partitions can be planned")
     mapping = graph.get_partition_mapping(child, parent)
     if isinstance(mapping, dg.TimeWindowPartitionMapping):
         offsets = (mapping.start_offset, mapping.end_offset)
     elif isinstance(mapping, dg.IdentityPartitionMapping) and parent_def == child_def:
         offsets = (0, 0)
     else:
-        raise ValueError(f"{child.to_user_string()}: partition mapping {type(mapping).__name__} cannot be planned")
+        raise PlanError(f"{child.to_user_string()}: partition mapping {type(mapping).__name__} cannot be planned")
     return map_downstream(ranges, partition_index(parent_def), partition_index(child_def), *offsets)
 
 
@@ -303,16 +312,18 @@ def check_range(graph, keys: set[dg.AssetKey], start: dt.date, end: dt.date) -> 
         raise PlanError(f"--from {start} is before the first partition of the selection ({first})")
     if start > dt.date.today():
         raise PlanError(f"--from {start} is in the future: no partition exists yet")
+    last = max(p.time_window_for_partition_key(p.get_last_partition_key()).end.date() for p in pdefs)
+    if end >= last:
+        raise PlanError(
+            f"--to {end} is after the last partition of the selection (it ends on {last - dt.timedelta(days=1)})"
+        )
 
 
 def selection_seeds(graph, keys: Iterable[dg.AssetKey], start: dt.date, end: dt.date) -> dict[dg.AssetKey, Ranges]:
     """The partitions of each selected asset whose whole window lies in start..end."""
     seeds = {}
     for key in keys:
-        pdef = graph.get(key).partitions_def
-        if not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
-            raise ValueError(f"{key.to_user_string()} is not time-partitioned")
-        lo, hi = partition_index(pdef).within(start, end)
+        lo, hi = partition_index(graph.get(key).partitions_def).within(start, end)
         seeds[key] = [(lo, hi)] if lo < hi else []
     return seeds
 

@@ -12,6 +12,9 @@ import dagster as dg
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+RESERVED_NAMES = {"versions", "published", "ledger", "version_seq", "ledger_seq"}  # bfa.<name> catalog objects
+
+
 class SpecError(ValueError):
     """A table spec that cannot work; the message names the table and the fix."""
 
@@ -106,11 +109,15 @@ class TableSpec:
     sparse: bool = False
     max_row_change: float = 0.5
     partitions_per_run: int | None = None  # None: the whole range in one run
+    keep_versions: int = 3  # retention: versions kept per partition (the published one included) ...
+    keep_days: int = 30  # ... and any version younger than this; vacuum removes what is beyond both
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"table spec {self.name!r}"
         quote_ident(self.name)
+        if self.name.lower() in RESERVED_NAMES:
+            raise SpecError(f"{where}: {self.name!r} is reserved for the warehouse catalog; choose another name")
         for col in (self.partition_column, *self.grain, *self.columns):
             try:
                 quote_ident(col)
@@ -135,6 +142,8 @@ class TableSpec:
             raise SpecError(f"{where}: max_row_change must be >= 0")
         if self.partitions_per_run is not None and self.partitions_per_run < 1:
             raise SpecError(f"{where}: partitions_per_run must be at least 1")
+        if self.keep_versions < 1 or self.keep_days < 0:
+            raise SpecError(f"{where}: keep_versions must be >= 1 and keep_days >= 0")
         if len({r.name for r in self.rules}) != len(self.rules):
             raise SpecError(f"{where}: rule names must be unique")
 

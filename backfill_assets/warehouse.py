@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS bfa.versions (
     partition_key VARCHAR NOT NULL,
     run_id VARCHAR,
     code_version VARCHAR,
-    status VARCHAR NOT NULL,        -- staged | published | held | superseded | abandoned
+    status VARCHAR NOT NULL,        -- see STATUSES
     row_count BIGINT,
     content_hash VARCHAR,
     created_at TIMESTAMP NOT NULL,
@@ -72,6 +72,18 @@ CREATE TABLE IF NOT EXISTS bfa.ledger (
     reason VARCHAR
 );
 """
+
+STATUSES = {
+    "staged": "being written by a run that has not finished",
+    "published": "what consumers read now",
+    "held": "failed a check; kept for inspection until approved or discarded",
+    "superseded": "replaced by a newer publish; kept for diff and rollback",
+    "rolled_back": "replaced by a rollback to an earlier version",
+    "abandoned": "staged by a run that died; rows deleted",
+    "discarded": "a held candidate a person rejected; rows deleted",
+    "vacuumed": "removed by retention; rows deleted",
+}
+ROLLBACK_TARGETS = ("superseded", "rolled_back")  # versions whose rows are kept and may be published again
 
 # Fields of bfa.ledger a caller may fill, in a fixed order so inserts can bind them.
 _LEDGER_FIELDS = ("code_version", "partition_keys", "versions", "row_count", "checks", "metrics", "params", "reason")
@@ -280,10 +292,15 @@ def stage(con: duckdb.DuckDBPyConnection, cand: Candidate, partition_column: str
 
 
 def _create_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
-    # The asset name is a validated identifier; it is the only non-bound text in these views.
+    """(Re)create the consumers' view over the published versions, with the table's current columns listed
+    explicitly: it is only called when a table is created and inside a publish, so a column a held run added
+    never shows up in what consumers read."""
+    columns = ", ".join(
+        quote_ident(c) for c, _ in describe(con, f"SELECT * FROM {version_table(asset)}") if c != VERSION_COLUMN
+    )
+    # The asset name is a validated identifier (no quotes possible); it is the only non-bound text here.
     con.execute(
-        f"CREATE OR REPLACE VIEW main.{quote_ident(asset)} AS "
-        f"SELECT * EXCLUDE ({VERSION_COLUMN}) FROM {version_table(asset)} "
+        f"CREATE OR REPLACE VIEW main.{quote_ident(asset)} AS SELECT {columns} FROM {version_table(asset)} "
         f"WHERE {VERSION_COLUMN} IN (SELECT version FROM bfa.published WHERE asset = '{asset}')"
     )
 
@@ -341,6 +358,7 @@ def decide(
         _record_stats(con, stats)
         if publish:
             _point_to(con, cand.asset, cand.versions, now)
+            _create_view(con, cand.asset)  # picks up columns this publish adds
         else:
             _set_status(con, [*new, cand.stray_version], "held", now)
         if stats.get(cand.stray_version, (0, ""))[0] == 0:
@@ -358,13 +376,70 @@ def decide(
         )
 
 
-def _point_to(con: duckdb.DuckDBPyConnection, asset: str, versions: dict[str, int], now: dt.datetime) -> None:
-    """Make `versions` (partition -> version) the published ones; the versions they replace are superseded."""
+def repoint(
+    con: duckdb.DuckDBPyConnection,
+    targets: dict[str, dict[str, int]],
+    action: str,
+    displaced: str,
+    **ledger: Any,
+) -> None:
+    """Publish existing versions (asset -> partition -> version) in one transaction, e.g. a rollback or an
+    approval; the versions they replace get the status `displaced`. One ledger entry per asset."""
+    now = _now()
+    with transaction(con):
+        for asset, versions in targets.items():
+            _point_to(con, asset, versions, now, displaced)
+            rows = con.execute(
+                "SELECT coalesce(sum(row_count), 0) FROM bfa.versions WHERE version IN (SELECT unnest(?))",
+                [list(versions.values())],
+            ).fetchall()[0][0]
+            _ledger(
+                con,
+                asset,
+                action,
+                None,
+                versions=list(versions.values()),
+                partition_keys=list(versions),
+                row_count=int(rows),
+                **ledger,
+            )
+
+
+def drop_versions(
+    con: duckdb.DuckDBPyConnection, asset: str, versions: Sequence[int], status: str, action: str, **ledger: Any
+) -> int:
+    """Delete the rows of unpublished `versions` and mark them `status`; returns the rows freed."""
+    if not versions:
+        return 0
+    with transaction(con):
+        published = con.execute(
+            "SELECT count(*) FROM bfa.published WHERE version IN (SELECT unnest(?))", [list(versions)]
+        ).fetchall()[0][0]
+        if published:
+            raise ValueError(f"{asset}: refusing to drop a published version")
+        freed = 0
+        if table_exists(con, asset):
+            freed = con.execute(
+                f"DELETE FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?))", [list(versions)]
+            ).fetchall()[0][0]
+        _set_status(con, versions, status)
+        _ledger(con, asset, action, None, versions=list(versions), row_count=int(freed), **ledger)
+    return int(freed)
+
+
+def _point_to(
+    con: duckdb.DuckDBPyConnection,
+    asset: str,
+    versions: dict[str, int],
+    now: dt.datetime,
+    displaced: str = "superseded",
+) -> None:
+    """Make `versions` (partition -> version) the published ones; the versions they replace get `displaced`."""
     keys = list(versions)
     con.execute(
-        "UPDATE bfa.versions SET status = 'superseded', decided_at = ? WHERE version IN "
+        "UPDATE bfa.versions SET status = ?, decided_at = ? WHERE version IN "
         "(SELECT version FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?)))",
-        [now, asset, keys],
+        [displaced, now, asset, keys],
     )
     con.execute("DELETE FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?))", [asset, keys])
     con.executemany("INSERT INTO bfa.published VALUES (?, ?, ?, ?)", [(asset, k, v, now) for k, v in versions.items()])
@@ -386,6 +461,7 @@ def _record_stats(con: duckdb.DuckDBPyConnection, stats: dict[int, tuple[int, st
 
 
 def _ledger(con: duckdb.DuckDBPyConnection, asset: str, action: str, run_id: str | None, **fields: Any) -> None:
+    actor = fields.pop("actor", None) or _actor()
     unknown = fields.keys() - set(_LEDGER_FIELDS)
     if unknown:
         raise TypeError(f"unknown ledger fields {sorted(unknown)}")
@@ -396,7 +472,7 @@ def _ledger(con: duckdb.DuckDBPyConnection, asset: str, action: str, run_id: str
     con.execute(
         f"INSERT INTO bfa.ledger (entry_id, recorded_at, asset, action, run_id, actor, {', '.join(_LEDGER_FIELDS)}) "
         f"VALUES (nextval('bfa.ledger_seq'), ?, ?, ?, ?, ?, {', '.join('?' * len(_LEDGER_FIELDS))})",
-        [_now(), asset, action, run_id, _actor(), *values],
+        [_now(), asset, action, run_id, actor, *values],
     )
 
 

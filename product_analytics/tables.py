@@ -343,7 +343,7 @@ revenue_daily_spec = bfa.TableSpec(
         ),
     ],
     consumers=[finance_revenue],
-    code_version="1",
+    code_version="2",  # version 1 did not join refunds (see legacy.py and backfills/refunds-fix-2025q1.yaml)
     owners=[FINANCE],
     group="revenue",
 )

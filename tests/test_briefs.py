@@ -65,6 +65,8 @@ SCOPE = {"select": "key:revenue_daily", "from": "2025-01-01", "to": "2025-03-31"
         ({"scope": {**SCOPE, "from": "2025-04-01"}}, "scope: from 2025-04-01 is after to 2025-03-31"),
         ({"scope": {**SCOPE, "from": "2024-12-01"}}, "before the first partition of the selection (2025-01-01)"),
         ({"scope": {**SCOPE, "from": "2031-01-01", "to": "2031-02-01"}}, "is in the future"),
+        ({"scope": {**SCOPE, "to": "2031-02-01"}}, "to 2031-02-01 is after the last partition of the selection"),
+        ({"scope": {"from": "2025-01-01", "to": "2025-01-31"}}, "scope must have select, from and to"),
         ({"scope": {**SCOPE, "from": "first of May"}}, "scope.from 'first of May' is not a date"),
         ({"scope": "revenue_daily"}, "scope must have select, from and to"),
         ({"stakeholders": ["team:finance-analytics"]}, "not among the stakeholders: Finance revenue dashboard"),

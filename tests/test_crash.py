@@ -85,6 +85,8 @@ def test_sigkill_mid_materialisation_leaves_each_partition_entirely_old_or_new(t
     _materialize(db, 5000)
     assert {k: h for k, (h, _) in _published_state(db).items()} == new
     print(f"{KILLS} kills over a {full_run_s:.1f}s run; state left by each: {phases}")
+    # The kills are spread over the whole run, so some landed after rows were written or published.
+    assert set(phases) - {"nothing staged"}, phases
 
 
 def _phase(db, state, new) -> str:

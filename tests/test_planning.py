@@ -4,7 +4,6 @@ import datetime as dt
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,12 +68,32 @@ def test_condensed_ranges_and_whole_windows():
     ]
 
 
-@pytest.mark.parametrize("start_offset,end_offset", [(0, 0), (0, 3), (-7, 0)])
-def test_map_downstream_clips_to_existing_partitions(start_offset, end_offset):
-    index = pl.partition_index(DAILY)
-    last = len(index.keys)
-    assert pl.map_downstream([(last - 1, last)], index, index, start_offset, end_offset)[-1][1] <= last
-    assert pl.map_downstream([(0, 1)], index, index, start_offset, end_offset)[0][0] >= 0
+def test_a_selected_descendant_still_receives_its_parents_reach():
+    from conftest import make_defs
+
+    graph = make_defs("unused.duckdb").resolve_asset_graph()
+    march = (dt.date(2025, 3, 1), dt.date(2025, 3, 31))
+    alone = pl.blast_radius(graph, pl.selection_seeds(graph, {dg.AssetKey("events_clean")}, *march))
+    keys = pl.resolve_selection(graph, "key:events_clean+")
+    with_descendants = pl.blast_radius(graph, pl.selection_seeds(graph, keys, *march))
+    for plan in (alone, with_descendants):
+        by_asset = {i.asset: i for i in plan.tables}
+        assert by_asset["retention_cohorts"].partitions == ["2025-02-24..2025-05-19"]
+        assert by_asset["weekly_active_users"].partitions == ["2025-02-24..2025-03-31"]
+    assert {i.asset for i in with_descendants.tables if i.depth == 0} == {k.to_user_string() for k in keys}
+
+
+def test_days_are_counted_in_the_partitions_time_zone():
+    for tz in ("America/Los_Angeles", "Asia/Tokyo"):
+        index = pl.partition_index(dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone=tz))
+        lo, hi = index.within(dt.date(2025, 1, 10), dt.date(2025, 1, 12))
+        assert index.keys[lo:hi] == ("2025-01-10", "2025-01-11", "2025-01-12"), tz
+
+
+def test_partition_index_respects_end_offset():
+    plain = pl.partition_index(dg.DailyPartitionsDefinition(start_date="2025-01-01"))
+    ahead = pl.partition_index(dg.DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1))
+    assert len(ahead.keys) == len(plain.keys) + 1
 
 
 BUMPED_DEFINITIONS = """
@@ -83,7 +102,7 @@ import dagster as dg
 import backfill_assets as bfa
 from product_analytics import tables
 
-bumped = dataclasses.replace(tables.revenue_daily_spec, code_version="2")
+bumped = dataclasses.replace(tables.revenue_daily_spec, code_version="3")
 assets = [a for a in tables.build_assets() if a.key != dg.AssetKey("revenue_daily")]
 assets.append(bfa.derived_asset(bumped, tables.REVENUE_DAILY_SQL, deps=["events_clean"]))
 defs = dg.Definitions(assets=assets, resources={"warehouse": bfa.Warehouse(database=os.environ["BACKFILL_ASSETS_DB"])})
@@ -113,8 +132,8 @@ def test_plan_stale_lists_exactly_the_bumped_assets_partitions_and_downstream(ja
         ("monthly_revenue", ["2025-01-01"], 1),
     ]
     revenue = plan["assets"][0]
-    assert revenue["reason"] == "stale: published under code version 1, current 2"
-    assert revenue["published_code_versions"] == {"1": 31} and revenue["code_version"] == "2"
+    assert revenue["reason"] == "stale: published under code version 2, current 3"
+    assert revenue["published_code_versions"] == {"2": 31} and revenue["code_version"] == "3"
     assert [c["name"] for c in plan["consumers"]] == ["Finance revenue dashboard"]
     assert plan["notify"] == ["team:finance", "team:finance-analytics"]
 

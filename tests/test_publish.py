@@ -151,7 +151,10 @@ def test_row_count_change_beyond_tolerance_fails(con):
 def test_null_rate_bounds(con):
     sql = GOOD_SQL.replace("(i + 1)::DECIMAL(18, 2)", "CASE WHEN i = 0 THEN NULL ELSE i END::DECIMAL(18, 2)")
     strict = make_spec(columns={**make_spec().columns, "amount": Column("DECIMAL(18,2)", max_null_rate=0.2)})
-    assert "null rate 33.33% above 20.00%" in failed(wap(con, strict, sql))["complete"].summary
+    assert (
+        "null rate above 20.00% in 3 partitions (worst 2025-01-01: 33.33%)"
+        in failed(wap(con, strict, sql))["complete"].summary
+    )
     loose = make_spec(columns={**make_spec().columns, "amount": Column("DECIMAL(18,2)", max_null_rate=0.5)})
     assert wap(con, loose, sql, run_id="r2").published
 
@@ -255,3 +258,32 @@ def test_audit_published_checks_what_consumers_read(con):
     rule = Invariant("tiny", "SELECT * FROM candidate WHERE amount > 1")
     outcomes = {o.name: o for o in audit_published(con, make_spec(rules=[rule]))}
     assert not outcomes["reconciled"].passed and outcomes["reconciled"].figures["tiny.violations"] == 6
+
+
+def test_a_held_run_that_adds_a_column_leaves_the_consumers_view_unchanged(con):
+    wap(con, make_spec(columns={}), GOOD_SQL)
+    columns = [r[0] for r in con.execute("DESCRIBE orders").fetchall()]
+    wider = GOOD_SQL.replace("AS amount", "AS amount, 'web' AS channel")
+    held = wap(
+        con, make_spec(columns={}), wider + " UNION ALL SELECT '20250101-0', DATE '2025-01-01', 1, 'x'", run_id="r2"
+    )
+    assert not held.published
+    assert [r[0] for r in con.execute("DESCRIBE orders").fetchall()] == columns
+    assert wap(con, make_spec(columns={}), wider, run_id="r3").published
+    assert [r[0] for r in con.execute("DESCRIBE orders").fetchall()] == [*columns, "channel"]
+
+
+def test_null_bounds_hold_per_partition_not_just_over_the_run(con):
+    one_bad_day = GOOD_SQL.replace(
+        "(i + 1)::DECIMAL(18, 2)", "CASE WHEN d = DATE '2025-01-02' THEN NULL ELSE i + 1 END::DECIMAL(18, 2)"
+    )
+    spec = make_spec(columns={**make_spec().columns, "amount": Column("DECIMAL(18,2)", max_null_rate=0.5)})
+    complete = failed(wap(con, spec, one_bad_day))["complete"]  # 33% over the run, 100% on 2025-01-02
+    assert "worst 2025-01-02: 100.00%" in complete.summary
+
+
+def test_reserved_names_are_refused():
+    from backfill_assets import SpecError
+
+    with pytest.raises(SpecError, match="reserved for the warehouse catalog"):
+        make_spec(name="ledger")

@@ -1,0 +1,304 @@
+"""History you can trust: every version of every partition, rollback, approval, discard and retention.
+
+Each function validates everything first and then changes the warehouse in one transaction (through
+:mod:`backfill_assets.warehouse`), so a refusal leaves the data exactly as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from . import warehouse as wh
+
+OUTSIDE_WINDOW = "<outside window>"
+GROUPING_TAGS = ("dagster/backfill", "backfill_assets/brief")  # run tags that make several runs one backfill
+
+
+def _tag_of_entry(tag: str, table: str = "") -> str:
+    """SQL reading a run tag of a ledger entry; `tag` is one of GROUPING_TAGS, a constant, never user input."""
+    if tag not in GROUPING_TAGS:
+        raise ValueError(f"not a grouping tag: {tag!r}")
+    return f"({table}params->'run_tags'->>'{tag}')"
+
+
+class HistoryError(ValueError):
+    """A request the history cannot honour; the message names the asset, partition and version."""
+
+
+def versions(con: duckdb.DuckDBPyConnection, asset: str, partition: str | None = None) -> list[dict[str, Any]]:
+    """Every version of each partition of `asset`, newest first, with the checks of the run that made it."""
+    rows = con.execute(
+        """
+        SELECT v.partition_key AS partition, v.version, v.status, v.run_id, v.code_version, v.row_count AS rows,
+               v.content_hash, v.created_at, v.decided_at, l.checks
+        FROM bfa.versions v
+        LEFT JOIN bfa.ledger l
+          ON l.asset = v.asset AND l.run_id = v.run_id AND l.action IN ('publish', 'hold')
+        WHERE v.asset = ? AND v.partition_key <> ? AND (? IS NULL OR v.partition_key = ?)
+        ORDER BY v.partition_key, v.version DESC
+        """,
+        [asset, OUTSIDE_WINDOW, partition, partition],
+    )
+    cols = [d[0] for d in rows.description]
+    out = []
+    for r in rows.fetchall():
+        row = dict(zip(cols, r, strict=True))
+        checks = json.loads(row.pop("checks")) if row["checks"] else {}
+        row["checks"] = {name: c["passed"] for name, c in checks.items()}
+        out.append(row)
+    return out
+
+
+def render_versions(asset: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return f"{asset}: no versions recorded"
+    lines = [
+        f"{'partition':<11} {'version':>7}  {'status':<11} {'rows':>8}  {'code':<5} {'checks':<44} "
+        f"{'run':<8}  when (UTC)"
+    ]
+    for r in rows:
+        checks = " ".join(f"{n}{'+' if ok else '!'}" for n, ok in r["checks"].items()) or "-"
+        when = (r["decided_at"] or r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(
+            f"{r['partition']:<11} {r['version']:>7}  {r['status']:<11} {r['rows'] or 0:>8}  "
+            f"{r['code_version'] or '-':<5} {checks:<44} {(r['run_id'] or '-')[:8]:<8}  {when}"
+        )
+    lines.append("checks: + passed, ! failed")
+    return "\n".join(lines)
+
+
+def published_versions(con: duckdb.DuckDBPyConnection, asset: str) -> dict[str, int]:
+    """partition -> its published version."""
+    return {k: v for k, (v, _, _) in wh.published_partitions(con, asset).items()}
+
+
+def rollback_targets(
+    con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str], to_version: int | None = None
+) -> dict[str, int]:
+    """partition -> the version a rollback publishes: `to_version`, or the one published before the current.
+
+    Refuses (HistoryError) when a partition has nothing published, no earlier version, or a target whose
+    rows retention removed.
+    """
+    if to_version is not None and len(keys) != 1:
+        raise HistoryError("--to-version names one version, so give one --partition")
+    published = published_versions(con, asset)
+    targets = {}
+    for key in keys:
+        if key not in published:
+            raise HistoryError(f"{asset} [{key}] has no published version to roll back")
+        if to_version is not None:
+            found = con.execute(
+                "SELECT status, decided_at FROM bfa.versions WHERE version = ? AND asset = ? AND partition_key = ?",
+                [to_version, asset, key],
+            ).fetchall()
+            if not found:
+                raise HistoryError(f"version {to_version} is not a version of {asset} [{key}]")
+            status, when = found[0]
+            if status == "vacuumed":
+                raise HistoryError(
+                    f"version {to_version} of {asset} [{key}] was removed by retention on "
+                    f"{when:%Y-%m-%d}; it cannot be published again. Nothing was changed."
+                )
+            if status not in wh.ROLLBACK_TARGETS:
+                raise HistoryError(
+                    f"version {to_version} of {asset} [{key}] is {status}, not an earlier published "
+                    "version" + ("; use approve for held versions" if status == "held" else "")
+                )
+            targets[key] = to_version
+            continue
+        earlier = con.execute(
+            "SELECT version, status FROM bfa.versions WHERE asset = ? AND partition_key = ? AND version < ? "
+            "AND status IN ('superseded', 'rolled_back', 'vacuumed') ORDER BY version DESC LIMIT 1",
+            [asset, key, published[key]],
+        ).fetchall()
+        if not earlier:
+            raise HistoryError(f"{asset} [{key}] has no earlier version to roll back to")
+        version, status = earlier[0]
+        if status == "vacuumed":
+            raise HistoryError(
+                f"the version of {asset} [{key}] before the published one ({version}) was removed by "
+                "retention; it cannot be published again. Nothing was changed."
+            )
+        targets[key] = version
+    return targets
+
+
+def cascade_targets(
+    con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str], downstream: Mapping[str, Iterable[str]]
+) -> dict[str, dict[str, int]]:
+    """Downstream partitions (asset -> partitions in the blast radius) whose published version came from the
+    same Dagster backfill or brief (or, without either, the same runs) as `asset`'s published `keys`, each
+    mapped to its previous version."""
+    published = published_versions(con, asset)
+    ids = [published[k] for k in keys if k in published]
+    runs = [
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT run_id FROM bfa.versions WHERE version IN (SELECT unnest(?))", [ids]
+        ).fetchall()
+    ]
+    for tag in GROUPING_TAGS:  # widen to every run of the same Dagster backfill or brief
+        entry_tag = _tag_of_entry(tag)
+        groups = [
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT {entry_tag} FROM bfa.ledger "
+                f"WHERE run_id IN (SELECT unnest(?)) AND {entry_tag} NOT NULL",
+                [runs],
+            ).fetchall()
+        ]
+        if groups:
+            runs += [
+                r[0]
+                for r in con.execute(
+                    f"SELECT DISTINCT run_id FROM bfa.ledger WHERE {entry_tag} IN (SELECT unnest(?))", [groups]
+                ).fetchall()
+            ]
+    targets: dict[str, dict[str, int]] = {}
+    for child, child_keys in downstream.items():
+        current = published_versions(con, child)
+        from_same = [k for k in child_keys if k in current and _run_of(con, current[k]) in runs]
+        if from_same:
+            targets[child] = rollback_targets(con, child, from_same)
+    return targets
+
+
+def _run_of(con: duckdb.DuckDBPyConnection, version: int) -> str | None:
+    return con.execute("SELECT run_id FROM bfa.versions WHERE version = ?", [version]).fetchall()[0][0]
+
+
+def rollback(
+    con: duckdb.DuckDBPyConnection, targets: dict[str, dict[str, int]], reason: str, actor: str | None
+) -> None:
+    """Publish the target versions again, atomically across every asset; the displaced ones are rolled back."""
+    wh.repoint(con, targets, action="rollback", displaced="rolled_back", reason=reason, actor=actor)
+
+
+def held_versions(con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None = None) -> dict[str, int]:
+    """partition -> its newest held version newer than what is published (the candidate awaiting a decision)."""
+    rows = con.execute(
+        """
+        SELECT v.partition_key, max(v.version) FROM bfa.versions v
+        LEFT JOIN bfa.published p ON p.asset = v.asset AND p.partition_key = v.partition_key
+        WHERE v.asset = ? AND v.status = 'held' AND v.partition_key <> ? AND v.version > coalesce(p.version, 0)
+        GROUP BY 1 ORDER BY 1
+        """,
+        [asset, OUTSIDE_WINDOW],
+    ).fetchall()
+    held = dict(rows)
+    if keys is None:
+        return held
+    missing = [k for k in keys if k not in held]
+    if missing:
+        raise HistoryError(f"{asset} has no held version awaiting a decision for {', '.join(missing)}")
+    return {k: held[k] for k in keys}
+
+
+def approve(
+    con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None, by: str, why: str
+) -> dict[str, int]:
+    """Publish held candidates a person accepted, recording who and why."""
+    targets = held_versions(con, asset, keys)
+    if not targets:
+        raise HistoryError(f"{asset} has no held versions awaiting a decision")
+    _require(by, why)
+    wh.repoint(con, {asset: targets}, action="approve", displaced="superseded", reason=why, actor=by)
+    return targets
+
+
+def discard(con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None, by: str, why: str) -> int:
+    """Delete held candidates a person rejected; returns the rows freed."""
+    targets = held_versions(con, asset, keys)
+    if not targets:
+        raise HistoryError(f"{asset} has no held versions awaiting a decision")
+    _require(by, why)
+    stray = [
+        r[0]
+        for r in con.execute(
+            "SELECT version FROM bfa.versions WHERE asset = ? AND status = 'held' AND partition_key = ? "
+            "AND run_id IN (SELECT run_id FROM bfa.versions WHERE version IN (SELECT unnest(?)))",
+            [asset, OUTSIDE_WINDOW, list(targets.values())],
+        ).fetchall()
+    ]
+    return wh.drop_versions(con, asset, [*targets.values(), *stray], "discarded", "discard", reason=why, actor=by)
+
+
+def _require(by: str, why: str) -> None:
+    if not (by or "").strip() or not (why or "").strip():
+        raise HistoryError("say who decides and why (--by and --reason)")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Keep a version while it is among the newest `keep_versions` of its partition or younger than `keep_days`."""
+
+    keep_versions: int = 3
+    keep_days: int = 30
+
+
+def vacuum_candidates(
+    con: duckdb.DuckDBPyConnection, retention: Mapping[str, Retention], protected: set[int], now: dt.datetime | None
+) -> list[dict[str, Any]]:
+    """Versions retention may remove: superseded or rolled back, beyond both limits, not protected by a brief.
+    Published, held and staged versions are never candidates."""
+    now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    out = []
+    for asset, rule in sorted(retention.items()):
+        rows = con.execute(
+            """
+            SELECT version, partition_key, row_count, status, decided_at FROM (
+                SELECT *, row_number() OVER (PARTITION BY partition_key ORDER BY version DESC) AS newest
+                FROM bfa.versions
+                WHERE asset = ? AND status IN ('published', 'superseded', 'rolled_back')
+            ) WHERE status <> 'published' AND newest > ? AND decided_at < ?
+            ORDER BY partition_key, version
+            """,
+            [asset, rule.keep_versions, now - dt.timedelta(days=rule.keep_days)],
+        ).fetchall()
+        out += [
+            {"asset": asset, "version": v, "partition": k, "rows": n or 0, "status": s, "decided_at": d}
+            for v, k, n, s, d in rows
+            if v not in protected
+        ]
+    return out
+
+
+def brief_protected_versions(con: duckdb.DuckDBPyConnection, brief_ids: Iterable[str]) -> set[int]:
+    """Versions a brief still needs: those its runs published, and the ones they replaced (its way back)."""
+    ids = list(brief_ids)
+    if not ids:
+        return set()
+    made = con.execute(
+        "SELECT DISTINCT v.version, v.asset, v.partition_key FROM bfa.ledger l, unnest(l.versions) AS u(version) "
+        "JOIN bfa.versions v ON v.version = u.version "
+        f"WHERE l.action = 'publish' AND {_tag_of_entry('backfill_assets/brief', 'l.')} IN (SELECT unnest(?))",
+        [ids],
+    ).fetchall()
+    protected = {v for v, _, _ in made}
+    for version, asset, key in made:
+        before = con.execute(
+            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND partition_key = ? AND version < ? "
+            "AND status IN ('published', 'superseded', 'rolled_back')",
+            [asset, key, version],
+        ).fetchall()[0][0]
+        if before is not None:
+            protected.add(before)
+    return protected
+
+
+def vacuum(con: duckdb.DuckDBPyConnection, candidates: Sequence[Mapping[str, Any]]) -> int:
+    """Remove the candidates' rows (one transaction per asset); returns the rows freed."""
+    freed = 0
+    by_asset: dict[str, list[int]] = {}
+    for c in candidates:
+        by_asset.setdefault(c["asset"], []).append(c["version"])
+    for asset, found in by_asset.items():
+        freed += wh.drop_versions(con, asset, found, "vacuumed", "vacuum", reason="retention")
+    return freed
