@@ -43,7 +43,7 @@ RISK_CLASSES = (
     "production-critical rebuild",
 )
 # Re-running an idempotent strategy over the same range gives the same published data.
-WRITE_STRATEGIES = {"partition_overwrite": True, "append": False}
+WRITE_STRATEGIES = {"partition_overwrite": True, "merge_by_key": True, "parallel_version": True, "append": False}
 SECTIONS = (
     "id",
     "title",

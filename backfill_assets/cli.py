@@ -392,6 +392,16 @@ def _decide(args: argparse.Namespace, approve: bool) -> int:
     return EXIT_OK
 
 
+def cmd_cutover(args: argparse.Namespace) -> int:
+    defs = load_definitions(args.file)
+    node = _table_asset(defs, args.asset)
+    keys = _partition_keys(defs.resolve_asset_graph(), node, args, required=False)
+    with _write_warehouse(defs) as con:
+        done = history.cutover(con, args.asset, keys, args.reason)
+    print(f"{args.asset}: published {len(done)} parallel candidates: " + ", ".join(sorted(done)))
+    return EXIT_OK
+
+
 def cmd_vacuum(args: argparse.Namespace) -> int:
     defs = load_definitions(args.file)
     graph = defs.resolve_asset_graph()
@@ -574,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = table_command(name, f"{what} (all held partitions unless --partition/--from/--to)", func)
         cmd.add_argument("--by", required=True, help="who decides (recorded)")
         cmd.add_argument("--reason", required=True, help="why (recorded)")
+    cut = table_command("cutover", "publish parallel candidates (write_strategy parallel_version)", cmd_cutover)
+    cut.add_argument("--reason", default="cutover requested on the command line", help="recorded in the ledger")
     vac = sub.add_parser(
         "vacuum",
         help="remove versions beyond each table's retention; never published ones, "

@@ -71,13 +71,14 @@ def derived_asset(
             )
         # Every check gates the publish; Dagster is told only the outcomes of the checks it selected.
         results = _check_results(context, spec, report.outcomes)
-        if not report.published:
+        if not report.passed:
             yield from results
             raise dg.Failure(
                 description=report.failure_message(), metadata={"held_partitions": len(keys)}, allow_retries=False
             )
+        verb = "published" if report.published else f"kept as a parallel candidate ({spec.name}__candidate) of"
         context.log.info(
-            f"{spec.name}: published {len(keys)} partitions, {report.rows} rows "
+            f"{spec.name}: {verb} {len(keys)} partitions, {report.rows} rows "
             f"(transform {report.transform_s:.2f}s, audit {report.audit_s:.2f}s)"
         )
         for key in keys:
@@ -168,7 +169,8 @@ def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def _run_metadata(report: RunReport) -> dict[str, Any]:
     versions = [v for v, _, _ in report.partitions.values()]
     return {
-        "partitions_published": len(report.partitions),
+        "outcome": "published" if report.published else "parallel candidate: publish with backfill-assets cutover",
+        "partitions_published": len(report.partitions) if report.published else 0,
         "rows_in_run": report.rows,
         "transform_seconds": round(report.transform_s, 3),
         "audit_seconds": round(report.audit_s, 3),

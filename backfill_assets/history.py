@@ -181,23 +181,25 @@ def rollback(
     wh.repoint(con, targets, action="rollback", displaced="rolled_back", reason=reason, actor=actor)
 
 
-def held_versions(con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None = None) -> dict[str, int]:
-    """partition -> its newest held version newer than what is published (the candidate awaiting a decision)."""
+def held_versions(
+    con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None = None, status: str = "held"
+) -> dict[str, int]:
+    """partition -> its newest `status` version newer than what is published (awaiting a decision)."""
     rows = con.execute(
         """
         SELECT v.partition_key, max(v.version) FROM bfa.versions v
         LEFT JOIN bfa.published p ON p.asset = v.asset AND p.partition_key = v.partition_key
-        WHERE v.asset = ? AND v.status = 'held' AND v.partition_key <> ? AND v.version > coalesce(p.version, 0)
+        WHERE v.asset = ? AND v.status = ? AND v.partition_key <> ? AND v.version > coalesce(p.version, 0)
         GROUP BY 1 ORDER BY 1
         """,
-        [asset, OUTSIDE_WINDOW],
+        [asset, status, OUTSIDE_WINDOW],
     ).fetchall()
     held = dict(rows)
     if keys is None:
         return held
     missing = [k for k in keys if k not in held]
     if missing:
-        raise HistoryError(f"{asset} has no held version awaiting a decision for {', '.join(missing)}")
+        raise HistoryError(f"{asset} has no {status} version awaiting a decision for {', '.join(missing)}")
     return {k: held[k] for k in keys}
 
 
@@ -228,6 +230,15 @@ def discard(con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | No
         ).fetchall()
     ]
     return wh.drop_versions(con, asset, [*targets.values(), *stray], "discarded", "discard", reason=why, actor=by)
+
+
+def cutover(con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None, reason: str) -> dict[str, int]:
+    """Publish parallel candidates (parallel_version), after comparing them with the diff command."""
+    targets = held_versions(con, asset, keys, status="candidate")
+    if not targets:
+        raise HistoryError(f"{asset} has no parallel candidates to cut over")
+    wh.repoint(con, {asset: targets}, action="cutover", displaced="superseded", reason=reason)
+    return targets
 
 
 def _require(by: str, why: str) -> None:

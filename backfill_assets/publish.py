@@ -16,6 +16,7 @@ from . import audit, warehouse
 from .spec import TableSpec
 
 SOURCE_VIEW = "_bfa_source"
+MERGED_VIEW = "_bfa_merged"
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,21 @@ class RunReport:
     """What one write-audit-publish run did."""
 
     asset: str
-    published: bool
+    outcome: str  # "publish", "candidate" (parallel_version: kept for cutover) or "hold"
     outcomes: list[audit.CheckOutcome]
     partitions: dict[str, tuple[int, int, str]]  # key -> (version, rows, content hash)
     metrics_before: dict[str, dict[str, Any]]  # key -> metric -> value
     metrics_after: dict[str, dict[str, Any]]
     transform_s: float
     audit_s: float
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome != "hold"
+
+    @property
+    def published(self) -> bool:
+        return self.outcome == "publish"
 
     @property
     def rows(self) -> int:
@@ -92,7 +101,11 @@ def write_audit_publish(
     try:
         t0 = time.perf_counter()
         _create_source_view(con, spec, transform, window, list(partition_keys), params)
-        warehouse.stage(con, cand, spec.partition_column, SOURCE_VIEW)
+        staged_from = SOURCE_VIEW
+        if spec.write_strategy == "merge_by_key" and spec.missing_keys == "keep":
+            warehouse.create_merge_view(con, spec.name, spec.grain, spec.partition_column, SOURCE_VIEW, MERGED_VIEW)
+            staged_from = MERGED_VIEW
+        warehouse.stage(con, cand, spec.partition_column, staged_from)
         t1 = time.perf_counter()
         all_versions = [*cand.versions.values(), cand.stray_version]
         stats = warehouse.version_stats(con, spec.name, all_versions)
@@ -111,9 +124,10 @@ def write_audit_publish(
     except BaseException:
         warehouse.abandon_orphans(con, spec.name)
         raise
+    passed = all(o.passed for o in outcomes)
     report = RunReport(
         spec.name,
-        all(o.passed for o in outcomes),
+        ("candidate" if spec.write_strategy == "parallel_version" else "publish") if passed else "hold",
         outcomes,
         {k: (v, *stats[v]) for k, v in cand.versions.items()},
         before,
@@ -130,8 +144,8 @@ def write_audit_publish(
             **(record or {}),
         },
     }
-    reason = None if report.published else report.failure_message()
-    warehouse.decide(con, cand, stats, publish=report.published, reason=reason, **ledger)
+    reason = None if report.passed else report.failure_message()
+    warehouse.decide(con, cand, stats, outcome=report.outcome, reason=reason, **ledger)
     return report
 
 

@@ -12,6 +12,8 @@ import dagster as dg
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+WRITE_STRATEGIES = ("partition_overwrite", "merge_by_key", "parallel_version")
+MISSING_KEY_POLICIES = ("keep", "delete")
 RESERVED_NAMES = {"versions", "published", "ledger", "version_seq", "ledger_seq"}  # bfa.<name> catalog objects
 
 
@@ -109,6 +111,11 @@ class TableSpec:
     sparse: bool = False
     max_row_change: float = 0.5
     partitions_per_run: int | None = None  # None: the whole range in one run
+    # partition_overwrite: a run's rows replace its partitions. merge_by_key: they upsert on the grain and
+    # `missing_keys` says what happens to published keys the run did not produce ("keep" or "delete").
+    # parallel_version: a passing run is kept as a candidate (readable as <name>__candidate) until cutover.
+    write_strategy: str = "partition_overwrite"
+    missing_keys: str | None = None
     keep_versions: int = 3  # retention: versions kept per partition (the published one included) ...
     keep_days: int = 30  # ... and any version younger than this; vacuum removes what is beyond both
     tags: dict[str, str] = field(default_factory=dict)
@@ -116,7 +123,7 @@ class TableSpec:
     def __post_init__(self) -> None:
         where = f"table spec {self.name!r}"
         quote_ident(self.name)
-        if self.name.lower() in RESERVED_NAMES:
+        if self.name.lower() in RESERVED_NAMES or self.name.endswith("__candidate"):
             raise SpecError(f"{where}: {self.name!r} is reserved for the warehouse catalog; choose another name")
         for col in (self.partition_column, *self.grain, *self.columns):
             try:
@@ -142,6 +149,12 @@ class TableSpec:
             raise SpecError(f"{where}: max_row_change must be >= 0")
         if self.partitions_per_run is not None and self.partitions_per_run < 1:
             raise SpecError(f"{where}: partitions_per_run must be at least 1")
+        if self.write_strategy not in WRITE_STRATEGIES:
+            raise SpecError(f"{where}: write_strategy must be one of {', '.join(WRITE_STRATEGIES)}")
+        if (self.write_strategy == "merge_by_key") != (self.missing_keys is not None):
+            raise SpecError(f"{where}: merge_by_key needs missing_keys ('keep' or 'delete'), other strategies none")
+        if self.missing_keys is not None and self.missing_keys not in MISSING_KEY_POLICIES:
+            raise SpecError(f"{where}: missing_keys must be 'keep' or 'delete'")
         if self.keep_versions < 1 or self.keep_days < 0:
             raise SpecError(f"{where}: keep_versions must be >= 1 and keep_days >= 0")
         if len({r.name for r in self.rules}) != len(self.rules):

@@ -77,6 +77,7 @@ STATUSES = {
     "staged": "being written by a run that has not finished",
     "published": "what consumers read now",
     "held": "failed a check; kept for inspection until approved or discarded",
+    "candidate": "passed its checks under parallel_version; readable as <table>__candidate until cutover",
     "superseded": "replaced by a newer publish; kept for diff and rollback",
     "rolled_back": "replaced by a rollback to an earlier version",
     "abandoned": "staged by a run that died; rows deleted",
@@ -348,25 +349,34 @@ def decide(
     cand: Candidate,
     stats: dict[int, tuple[int, str]],
     *,
-    publish: bool,
+    outcome: str,
     **ledger: Any,
 ) -> None:
-    """Publish the candidate (every partition points at its new version) or hold it, in one transaction."""
+    """Record a run's outcome in one transaction: "publish" (every partition points at its new version),
+    "candidate" (kept beside the published data, readable as <table>__candidate) or "hold"."""
     now = _now()
     new = list(cand.versions.values())
     with transaction(con):
         _record_stats(con, stats)
-        if publish:
+        if outcome == "publish":
             _point_to(con, cand.asset, cand.versions, now)
             _create_view(con, cand.asset)  # picks up columns this publish adds
-        else:
+        elif outcome == "hold":
             _set_status(con, [*new, cand.stray_version], "held", now)
+        else:  # a newer parallel candidate replaces older ones of the same partitions
+            con.execute(
+                "UPDATE bfa.versions SET status = 'superseded', decided_at = ? WHERE asset = ? "
+                "AND status = 'candidate' AND partition_key IN (SELECT unnest(?))",
+                [now, cand.asset, list(cand.versions)],
+            )
+            _set_status(con, [*new, cand.stray_version], "candidate", now)
+            _create_candidate_view(con, cand.asset)
         if stats.get(cand.stray_version, (0, ""))[0] == 0:
             con.execute("DELETE FROM bfa.versions WHERE version = ?", [cand.stray_version])
         _ledger(
             con,
             cand.asset,
-            "publish" if publish else "hold",
+            outcome,
             cand.run_id,
             versions=new,
             partition_keys=list(cand.versions),
@@ -374,6 +384,42 @@ def decide(
             row_count=sum(stats[v][0] for v in new),
             **ledger,
         )
+
+
+def _create_candidate_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
+    """``main.<asset>__candidate``: the newest parallel candidate of each partition (validated name, see
+    _create_view)."""
+    columns = ", ".join(
+        quote_ident(c) for c, _ in describe(con, f"SELECT * FROM {version_table(asset)}") if c != VERSION_COLUMN
+    )
+    con.execute(
+        f"CREATE OR REPLACE VIEW main.{quote_ident(asset + '__candidate')} AS SELECT {columns} "
+        f"FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT max(version) FROM bfa.versions "
+        f"WHERE asset = '{asset}' AND status = 'candidate' GROUP BY partition_key)"
+    )
+
+
+def create_merge_view(
+    con: duckdb.DuckDBPyConnection,
+    asset: str,
+    grain: Sequence[str],
+    partition_column: str,
+    source_view: str,
+    merged_view: str,
+) -> None:
+    """A temp view of the rows a merge-by-key run publishes with missing keys kept: the run's rows, plus
+    the published rows of its partitions whose grain key the run did not produce."""
+    source = quote_ident(source_view)
+    if not table_exists(con, asset):
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(merged_view)} AS SELECT * FROM {source}")
+        return
+    same_key = " AND ".join(f"s.{quote_ident(k)} IS NOT DISTINCT FROM p.{quote_ident(k)}" for k in grain)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {quote_ident(merged_view)} AS SELECT * FROM {source} UNION ALL BY NAME "
+        f"SELECT p.* FROM main.{quote_ident(asset)} p "
+        f"WHERE p.{quote_ident(partition_column)} IN (SELECT partition_date FROM _bfa_run) "
+        f"AND NOT EXISTS (SELECT 1 FROM {source} s WHERE {same_key})"
+    )
 
 
 def repoint(

@@ -60,7 +60,10 @@ SCOPE = {"select": "key:revenue_daily", "from": "2025-01-01", "to": "2025-03-31"
         ({"rollback": None, "stakeholders": []}, "sections: missing or blank: rollback, stakeholders"),
         ({"risk": "yolo"}, "risk: 'yolo' is not one of"),
         ({"write_strategy": "append"}, "append is not idempotent"),
-        ({"write_strategy": "'; DROP TABLE bfa.ledger; --"}, "is not one of: partition_overwrite, append"),
+        (
+            {"write_strategy": "'; DROP TABLE bfa.ledger; --"},
+            "is not one of: partition_overwrite, merge_by_key, parallel_version, append",
+        ),
         ({"scope": {**SCOPE, "select": "key:no_such_table"}}, "scope: select 'key:no_such_table' matches no"),
         ({"scope": {**SCOPE, "from": "2025-04-01"}}, "scope: from 2025-04-01 is after to 2025-03-31"),
         ({"scope": {**SCOPE, "from": "2024-12-01"}}, "before the first partition of the selection (2025-01-01)"),

@@ -287,3 +287,39 @@ def test_reserved_names_are_refused():
 
     with pytest.raises(SpecError, match="reserved for the warehouse catalog"):
         make_spec(name="ledger")
+
+
+def test_merge_by_key_keeps_or_deletes_missing_keys_as_declared(con):
+    wap(con, make_spec(columns={}), GOOD_SQL)  # ids 0..2 of each day
+    only_first = GOOD_SQL.replace("range(3)", "range(1)").replace("(i + 1)", "(i + 10)")
+    keep = make_spec(columns={}, write_strategy="merge_by_key", missing_keys="keep")
+    assert wap(con, keep, only_first, run_id="r2").published
+    rows = dict(con.execute("SELECT id, amount FROM orders WHERE d = DATE '2025-01-01'").fetchall())
+    assert rows == {"20250101-0": 10, "20250101-1": 2, "20250101-2": 3}  # upserted, the others kept
+    delete = make_spec(columns={}, write_strategy="merge_by_key", missing_keys="delete", max_row_change=1.0)
+    assert wap(con, delete, only_first, run_id="r3").published
+    assert con.execute("SELECT count(*) FROM orders").fetchall()[0][0] == 3  # one key per day left
+
+
+def test_merge_by_key_requires_an_explicit_missing_keys_policy():
+    from backfill_assets import SpecError
+
+    with pytest.raises(SpecError, match="merge_by_key needs missing_keys"):
+        make_spec(write_strategy="merge_by_key")
+
+
+def test_parallel_version_waits_for_cutover(con):
+    from backfill_assets import history
+
+    spec = make_spec(columns={}, write_strategy="parallel_version")
+    wap(con, make_spec(columns={}), GOOD_SQL)
+    before = view_rows(con)
+    report = wap(con, spec, GOOD_SQL.replace("(i + 1)", "(i + 5)"), run_id="r2")
+    assert report.passed and not report.published
+    assert view_rows(con) == before  # consumers still read the old version
+    assert con.execute("SELECT sum(amount) FROM orders__candidate").fetchall()[0][0] == 3 * (5 + 6 + 7)
+    assert sorted(history.cutover(con, "orders", ["2025-01-02"], "compared with diff")) == ["2025-01-02"]
+    assert con.execute("SELECT sum(amount) FROM orders WHERE d = DATE '2025-01-02'").fetchall()[0][0] == 18
+    assert con.execute("SELECT count(*) FROM orders__candidate").fetchall()[0][0] == 6  # two days still waiting
+    actions = [r[0] for r in con.execute("SELECT action FROM bfa.ledger ORDER BY entry_id").fetchall()]
+    assert actions == ["publish", "candidate", "cutover"]
