@@ -178,12 +178,17 @@ def _null_rates(con: duckdb.DuckDBPyConnection, spec: TableSpec, total: int) -> 
 
 def metric_values(con: duckdb.DuckDBPyConnection, spec: TableSpec, relation: str) -> dict[dt.date, dict[str, Any]]:
     """partition date -> {metric: value} over `relation` (``candidate`` or ``previous``)."""
-    if not spec.metrics:
+    return metric_values_of(con, spec.metrics, spec.partition_column, relation)
+
+
+def metric_values_of(
+    con: duckdb.DuckDBPyConnection, metrics: Mapping[str, str], partition_column: str, relation: str
+) -> dict[dt.date, dict[str, Any]]:
+    """partition date -> {metric: value}; metric expressions are code from a table spec, not user input."""
+    if not metrics:
         return {}
-    part = quote_ident(spec.partition_column)
-    # Metric expressions are code from the table spec, not user input.
-    exprs = ", ".join(f"{expr} AS {quote_ident(name)}" for name, expr in spec.metrics.items())
-    rows = _rows(con, f"SELECT {part} AS _p, {exprs} FROM {quote_ident(relation)} GROUP BY 1")
+    exprs = ", ".join(f"{expr} AS {quote_ident(name)}" for name, expr in metrics.items())
+    rows = _rows(con, f"SELECT {quote_ident(partition_column)} AS _p, {exprs} FROM {quote_ident(relation)} GROUP BY 1")
     return {r.pop("_p"): r for r in rows}
 
 

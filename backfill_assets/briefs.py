@@ -241,7 +241,7 @@ def _check_expected_changes(changes: Any, plan: planning.Plan, defs: dg.Definiti
             problems.append(f"{asset!r} is not in the blast radius")
             continue
         metrics = graph.get(dg.AssetKey.from_user_string(asset)).metadata.get("metrics")
-        declared = set(metrics.value) if metrics is not None else set()
+        declared = set(getattr(metrics, "value", metrics) or ())
         if metric not in declared:
             problems.append(f"{asset} declares no metric {metric!r} (it has: {', '.join(sorted(declared)) or 'none'})")
         bound = change.get("max_relative_change")

@@ -7,6 +7,7 @@ reached or refused the request.
 """
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib.util
 import json
@@ -19,7 +20,7 @@ from typing import Any
 
 import dagster as dg
 
-from . import briefs, changes, history, launch, planning, warehouse
+from . import briefs, changes, diff, history, launch, planning, warehouse
 from .factory import WAREHOUSE_KEY
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
@@ -392,6 +393,66 @@ def _decide(args: argparse.Namespace, approve: bool) -> int:
     return EXIT_OK
 
 
+def _metadata(node: Any, key: str) -> Any:
+    """A value of an asset's definition metadata (as written by derived_asset), or None."""
+    value = node.metadata.get(key)
+    return getattr(value, "value", value)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    defs = load_definitions(args.file)
+    node = _table_asset(defs, args.asset)
+    keys = _partition_keys(defs.resolve_asset_graph(), node, args)
+    grain = [c.strip() for c in str(_metadata(node, "grain")).split(",")]
+    metrics = _metadata(node, "metrics") or {}
+    dates = {node.partitions_def.time_window_for_partition_key(k).start.date(): k for k in keys}
+    con = _read_warehouse(defs)
+    if con is None:
+        raise UsageError("no warehouse with published data yet")
+    try:
+        pairs = history.diff_pairs(con, args.asset, keys, args.base, args.target)
+        result, moved = history.diff_versions(
+            con, args.asset, grain, str(_metadata(node, "partition_column")), metrics, pairs, dates
+        )
+    finally:
+        con.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "asset": args.asset,
+                    "versions": {k: {"base": b, "target": t} for k, (b, t) in pairs.items()},
+                    "diff": dataclasses.asdict(result),
+                    "metrics": [
+                        {
+                            "metric": m.metric,
+                            "before": m.before,
+                            "after": m.after,
+                            "delta": m.delta,
+                            "relative": m.relative,
+                            "partitions": [{"partition": k, "before": b, "after": a} for k, b, a in m.partitions],
+                        }
+                        for m in moved
+                    ],
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        return EXIT_OK
+    versions = sorted({v for pair in pairs.values() for v in pair})
+    print(f"{args.asset}: {len(pairs)} partitions, base vs target versions {versions[0]}..{versions[-1]}")
+    print(diff.render_diff(result))
+    if moved:
+        print("\nMetrics (base -> target):")
+        for m in moved:
+            rel = "-" if m.relative is None else f"{m.relative:+.2%}"
+            print(f"  {m.metric}: {m.before:,} -> {m.after:,} ({m.delta:+,}, {rel})")
+            for k, b, a, d in m.movers(3):
+                print(f"      {k}: {b} -> {a} ({d:+,})")
+    return EXIT_OK
+
+
 def cmd_cutover(args: argparse.Namespace) -> int:
     defs = load_definitions(args.file)
     node = _table_asset(defs, args.asset)
@@ -409,8 +470,8 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         if node.is_materializable:
-            rule = node.metadata.get("retention")
-            retention[key.to_user_string()] = history.Retention(**rule.value) if rule else history.Retention()
+            rule = _metadata(node, "retention")
+            retention[key.to_user_string()] = history.Retention(**rule) if rule else history.Retention()
     brief_dir = Path(args.file).resolve().parent / "backfills"
     brief_ids = sorted(p.stem for p in brief_dir.glob("*.yaml"))
     with _write_warehouse(defs) as con:
@@ -584,6 +645,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = table_command(name, f"{what} (all held partitions unless --partition/--from/--to)", func)
         cmd.add_argument("--by", required=True, help="who decides (recorded)")
         cmd.add_argument("--reason", required=True, help="why (recorded)")
+    dif = table_command(
+        "diff",
+        "keyed diff of two versions: schema, rows matched on the grain, per-column "
+        "match rates, samples, and every metric before/after",
+        cmd_diff,
+    )
+    dif.add_argument("--base", help="version number, published, previous or held (default: see the docs)")
+    dif.add_argument("--target", help="version number, published, previous or held")
+    dif.add_argument("--json", action="store_true", help="print JSON")
     cut = table_command("cutover", "publish parallel candidates (write_strategy parallel_version)", cmd_cutover)
     cut.add_argument("--reason", default="cutover requested on the command line", help="recorded in the ledger")
     vac = sub.add_parser(

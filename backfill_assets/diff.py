@@ -237,6 +237,13 @@ def _pct(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "-"
 
 
+def _show(value: Any) -> str:
+    """A value as people read it: NULL, quoted text, plain numbers and dates."""
+    if value is None:
+        return "NULL"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def render_diff(result: DiffResult) -> str:
     """A short human-readable report of a :class:`DiffResult`."""
     r = result
@@ -267,6 +274,6 @@ def render_diff(result: DiffResult) -> str:
     if r.samples:
         lines += ["", "Samples:"]
         for s in r.samples:
-            key = ", ".join(f"{k}={s.get(k)!r}" for k in r.keys)
-            lines.append(f"  ({key}) {s['column']}: {s['base']!r} -> {s['target']!r}")
+            key = ", ".join(f"{k}={_show(s.get(k))}" for k in r.keys)
+            lines.append(f"  ({key}) {s['column']}: {_show(s['base'])} -> {_show(s['target'])}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from . import audit, changes, diff
 from . import warehouse as wh
 
 OUTSIDE_WINDOW = "<outside window>"
@@ -313,3 +314,82 @@ def vacuum(con: duckdb.DuckDBPyConnection, candidates: Sequence[Mapping[str, Any
     for asset, found in by_asset.items():
         freed += wh.drop_versions(con, asset, found, "vacuumed", "vacuum", reason="retention")
     return freed
+
+
+def diff_pairs(
+    con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str], base: str | None = None, target: str | None = None
+) -> dict[str, tuple[int, int]]:
+    """partition -> (base version, target version) to compare.
+
+    By default: published vs the newest held or parallel candidate when there is one, else the previous
+    version vs the published one (what the last publish changed). `base`/`target` may name a version
+    number (with one partition) or one of ``published``, ``previous``, ``held``.
+    """
+    if ((base or "").isdigit() or (target or "").isdigit()) and len(keys) != 1:
+        raise HistoryError("version numbers name one version, so give one --partition")
+    published = published_versions(con, asset)
+    pairs = {}
+    for key in keys:
+        pending = con.execute(
+            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND partition_key = ? "
+            "AND status IN ('held', 'candidate') AND version > ?",
+            [asset, key, published.get(key, 0)],
+        ).fetchall()[0][0]
+        chosen = {}
+        for side, name in (("base", base), ("target", target)):
+            default = (
+                ("published" if pending else "previous") if side == "base" else ("held" if pending else "published")
+            )
+            chosen[side] = _version_named(con, asset, key, name or default, published.get(key), pending)
+        pairs[key] = (chosen["base"], chosen["target"])
+    return pairs
+
+
+def _version_named(con, asset: str, key: str, name: str, published: int | None, pending: int | None) -> int:
+    if name.isdigit():
+        found = con.execute(
+            "SELECT status FROM bfa.versions WHERE version = ? AND asset = ? AND partition_key = ?",
+            [int(name), asset, key],
+        ).fetchall()
+        if not found:
+            raise HistoryError(f"version {name} is not a version of {asset} [{key}]")
+        if found[0][0] in ("vacuumed", "abandoned", "discarded"):
+            raise HistoryError(f"version {name} of {asset} [{key}] is {found[0][0]}: its rows are gone")
+        return int(name)
+    if name == "published" and published is not None:
+        return published
+    if name == "held" and pending is not None:
+        return pending
+    if name == "previous" and published is not None:
+        earlier = con.execute(
+            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND partition_key = ? AND version < ? "
+            "AND status IN ('superseded', 'rolled_back')",
+            [asset, key, published],
+        ).fetchall()[0][0]
+        if earlier is not None:
+            return earlier
+    if name not in ("published", "previous", "held"):
+        raise HistoryError(f"{name!r} is not a version: use a number, published, previous or held")
+    raise HistoryError(f"{asset} [{key}] has no {name} version to compare")
+
+
+def diff_versions(
+    con: duckdb.DuckDBPyConnection,
+    asset: str,
+    grain: Sequence[str],
+    partition_column: str,
+    metrics: Mapping[str, str],
+    pairs: Mapping[str, tuple[int, int]],
+    dates: Mapping[Any, str],
+) -> tuple[diff.DiffResult, list[changes.MetricChange]]:
+    """Keyed diff of the base and target versions, and every metric before/after per partition.
+    `dates` maps each partition's start date to its key."""
+    wh.version_view(con, asset, "_bfa_diff_base", [b for b, _ in pairs.values()])
+    wh.version_view(con, asset, "_bfa_diff_target", [t for _, t in pairs.values()])
+    result = diff.diff_relations(con, "_bfa_diff_base", "_bfa_diff_target", list(grain))
+
+    def keyed(relation: str) -> dict[str, dict[str, Any]]:
+        values = audit.metric_values_of(con, metrics, partition_column, relation)
+        return {dates[d]: m for d, m in values.items() if d in dates}
+
+    return result, changes.metric_changes(asset, keyed("_bfa_diff_base"), keyed("_bfa_diff_target"))

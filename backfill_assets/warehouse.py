@@ -328,6 +328,16 @@ def create_published_views(con: duckdb.DuckDBPyConnection, asset: str) -> None:
     con.execute(f"CREATE OR REPLACE TEMP VIEW previous AS SELECT * FROM {view} WHERE false")
 
 
+def version_view(con: duckdb.DuckDBPyConnection, asset: str, name: str, versions: Sequence[int]) -> None:
+    """A temp view `name` of the rows of `versions` of `asset` (without the version column)."""
+    holder = quote_ident(f"{name}_versions")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {holder} AS SELECT unnest(?::BIGINT[]) AS version", [list(versions)])
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT * EXCLUDE ({VERSION_COLUMN}) "
+        f"FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT version FROM {holder})"
+    )
+
+
 def version_stats(con: duckdb.DuckDBPyConnection, asset: str, versions: Sequence[int]) -> dict[int, tuple[int, str]]:
     """Rows and an order-independent content hash of each version (count + sum of row hashes)."""
     rows = con.execute(

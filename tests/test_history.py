@@ -230,3 +230,31 @@ def test_held_candidates_are_approved_or_discarded_by_a_person(story, env, capsy
         ("discard", "ana@example.com", "stale candidate"),
     ]
     assert published(env, "events_clean") == after
+
+
+def test_diff_compares_the_last_publish_with_its_previous_version(story, env, capsys):
+    assert run("diff", "revenue_daily", *JANUARY, "--json", "-f", DEFINITIONS) == cli.EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    result = report["diff"]
+    assert result["keys"] == ["revenue_date", "currency"]
+    assert result["base_only"] == 0 and result["base_duplicate_keys"] == 0 == result["target_duplicate_keys"]
+    assert result["matched"] + result["target_only"] == result["target_rows"]
+    assert result["partial_matches"] > 0 and result["column_match_rates"]["gross_revenue_usd"] == 1.0
+    net = next(m for m in report["metrics"] if m["metric"] == "net_revenue_usd")
+    refunds = next(m for m in report["metrics"] if m["metric"] == "refunds_usd")
+    assert Decimal(net["delta"]) == -Decimal(refunds["after"]) < 0
+    compared = {v["base"] for v in report["versions"].values()} | {v["target"] for v in report["versions"].values()}
+    assert len(compared) == 62  # 31 previous and 31 published versions
+
+
+def test_diff_shows_a_held_candidate_against_the_published_version(story, env, capsys):
+    con = duckdb.connect(str(env))
+    con.execute("DELETE FROM bfa.raw_events WHERE ingest_date = DATE '2025-01-25'")
+    con.close()
+    assert run("materialize", "--select", "key:events_clean", "--from", "2025-01-25", "--to", "2025-01-25") == 1
+    capsys.readouterr()
+    assert run("diff", "events_clean", "--partition", "2025-01-25", "-f", DEFINITIONS) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "keys only in base:" in out and "Diff on keys (event_id)" in out
+    assert run("diff", "events_clean", "--partition", "2025-01-25", "--base", "999999", "-f", DEFINITIONS) == 2
+    assert "version 999999 is not a version of events_clean [2025-01-25]" in capsys.readouterr().err
