@@ -78,8 +78,8 @@ def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcom
     grain = "(" + ", ".join(spec.grain) + ")"
     if dup_keys or null_keys:
         summary = (
-            f"{_count(dup_keys, 'grain key')} {grain} appear more than once "
-            f"({_count(int(extra_rows), 'extra row')}); {_count(null_keys, 'row')} with a NULL key"
+            f"{plural(dup_keys, 'grain key')} {grain} appear more than once "
+            f"({plural(int(extra_rows), 'extra row')}); {plural(null_keys, 'row')} with a NULL key"
         )
     else:
         summary = f"every grain key {grain} is unique and not NULL"
@@ -132,15 +132,15 @@ def check_complete(
     else:
         parts = []
         if empty:
-            parts.append(f"{_count(len(empty), 'empty partition')} ({_preview(empty)})")
+            parts.append(f"{plural(len(empty), 'empty partition')} ({_preview(empty)})")
         if moved:
             m = moved[0]
             parts.append(
-                f"{_count(len(moved), 'partition')} changed row count by more than {spec.max_row_change:.0%} "
+                f"{plural(len(moved), 'partition')} changed row count by more than {spec.max_row_change:.0%} "
                 f"(e.g. {m['partition']}: {m['rows']} rows vs {m['published_rows']} published, {m['change']})"
             )
         if stray_rows:
-            parts.append(f"{_count(stray_rows, 'row')} outside the run's partitions")
+            parts.append(f"{plural(stray_rows, 'row')} outside the run's partitions")
         parts += [f"column {f['column']}: {f['problem']}" for f in null_failures]
         summary = "; ".join(parts)
     return CheckOutcome(COMPLETE, passed, summary, figures, failures)
@@ -220,7 +220,7 @@ def check_reconciled(
             if bad:
                 worst = max(bad, key=lambda b: abs(b["difference"]))
                 broken.append(
-                    f"{rule.name}: {_count(len(bad), 'partition')} off (worst {worst['partition']}: "
+                    f"{rule.name}: {plural(len(bad), 'partition')} off (worst {worst['partition']}: "
                     f"{rule.metric} {worst['actual']:g} vs expected {worst['expected']:g})"
                 )
             failures += bad[:SAMPLE_ROWS]
@@ -230,7 +230,7 @@ def check_reconciled(
             n = con.execute(f"SELECT count(*) FROM ({sql})", bound).fetchall()[0][0]
             figures[f"{rule.name}.violations"] = n
             if n:
-                broken.append(f"{rule.name}: {_count(n, 'violating row')}")
+                broken.append(f"{rule.name}: {plural(n, 'violating row')}")
                 failures += [
                     {"rule": rule.name, **r} for r in _rows(con, f"SELECT * FROM ({sql}) LIMIT {SAMPLE_ROWS}", bound)
                 ]
@@ -284,7 +284,8 @@ def check_schema(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcom
     return CheckOutcome(SCHEMA, not failures, summary, figures, failures)
 
 
-def _count(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
+    """ "3 rows", "1 row"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 

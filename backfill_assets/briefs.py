@@ -149,11 +149,12 @@ def preflight(brief: dict[str, Any], defs: dg.Definitions, con=None) -> Prefligh
             )
         )
 
-    plan = _scope_plan(brief.get("scope"), defs, add)
+    graph = defs.resolve_asset_graph()
+    plan = _scope_plan(brief.get("scope"), graph, add)
     if plan is not None:
         result.plan = planning.add_warehouse_facts(plan, con)
-        _check_batch_size(brief.get("batch_size"), plan, defs, add)
-        _check_expected_changes(brief.get("expected_changes"), plan, defs, add)
+        _check_batch_size(brief.get("batch_size"), plan, graph, add)
+        _check_expected_changes(brief.get("expected_changes"), plan, graph, add)
         _check_stakeholders(brief.get("stakeholders"), plan, add)
         plan.scope = {"description": f"brief {brief_id}", "brief": brief_id, **(brief.get("scope") or {})}
     return result
@@ -165,11 +166,10 @@ def _blank(value: Any) -> bool:
     )
 
 
-def _scope_plan(scope: Any, defs: dg.Definitions, add) -> planning.Plan | None:
+def _scope_plan(scope: Any, graph, add) -> planning.Plan | None:
     if not isinstance(scope, dict) or _blank(scope.get("select")):
         add(Check("scope", False, "scope must have select, from and to"))
         return None
-    graph = defs.resolve_asset_graph()
     try:
         start, end = _day(scope.get("from"), "from"), _day(scope.get("to"), "to")
         keys = planning.resolve_selection(graph, scope.get("select"))
@@ -198,11 +198,10 @@ def _day(value: Any, name: str) -> dt.date:
         raise ValueError(f"scope.{name} {value!r} is not a date; use YYYY-MM-DD") from None
 
 
-def _check_batch_size(batch_size: Any, plan: planning.Plan, defs: dg.Definitions, add) -> None:
+def _check_batch_size(batch_size: Any, plan: planning.Plan, graph, add) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         add(Check("batch size", False, f"{batch_size!r} must be a whole number of partitions >= 1"))
         return
-    graph = defs.resolve_asset_graph()
     too_big = []
     for impact in plan.tables:
         policy = graph.get(dg.AssetKey.from_user_string(impact.asset)).backfill_policy
@@ -225,11 +224,10 @@ def _check_batch_size(batch_size: Any, plan: planning.Plan, defs: dg.Definitions
     )
 
 
-def _check_expected_changes(changes: Any, plan: planning.Plan, defs: dg.Definitions, add) -> None:
+def _check_expected_changes(changes: Any, plan: planning.Plan, graph, add) -> None:
     if not isinstance(changes, list) or not changes:
         add(Check("expected changes", False, "list each metric expected to move: asset, metric, max_relative_change"))
         return
-    graph = defs.resolve_asset_graph()
     affected = {i.asset for i in plan.tables}
     problems = []
     for change in changes:

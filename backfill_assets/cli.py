@@ -21,6 +21,7 @@ from typing import Any
 import dagster as dg
 
 from . import briefs, changes, diff, history, launch, planning, warehouse
+from .audit import plural
 from .factory import WAREHOUSE_KEY
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
@@ -118,6 +119,19 @@ def _published_everywhere(defs: dg.Definitions, keys: list[dg.AssetKey], partiti
         con.close()
 
 
+def _success_status(result: dg.ExecuteInProcessResult) -> str:
+    """ "published", or what a parallel_version table did instead (see the materializations' outcome)."""
+    candidates = sorted(
+        {
+            e.asset_key.to_user_string()
+            for e in result.all_events
+            if e.event_type_value == "ASSET_MATERIALIZATION"
+            and "candidate" in str(getattr(e.event_specific_data.materialization.metadata.get("outcome"), "value", ""))
+        }
+    )
+    return "published" if not candidates else f"kept as parallel candidates of {', '.join(candidates)}"
+
+
 def _failure_messages(result: dg.ExecuteInProcessResult) -> tuple[list[str], bool]:
     """The failed steps' messages, and whether any was a check holding a candidate (not an error)."""
     out, held = [], False
@@ -150,7 +164,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             entry["status"] = "skipped: already published"
         else:
             entry["range"] = f"{partitions[0]}..{partitions[-1]}"
-            _say(args, f"{label}: {len(partitions)} partitions {entry['range']} ...")
+            _say(args, f"{label}: {plural(len(partitions), 'partition')} {entry['range']} ...")
             started = time.perf_counter()
             result = job.execute_in_process(
                 instance=instance,
@@ -166,7 +180,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             )
             entry.update(run_id=result.run_id, seconds=round(time.perf_counter() - started, 2))
             if result.success:
-                entry["status"] = "published"
+                entry["status"] = _success_status(result)
             else:
                 entry["errors"], held = _failure_messages(result)
                 entry["status"] = "held" if held else "failed"
@@ -174,6 +188,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         _say(args, f"{label}: {entry['status']}" + (f" in {entry['seconds']}s" if "seconds" in entry else ""))
         for err in entry.get("errors", []):
             _say(args, f"    {err}")
+        if entry["status"].startswith("kept as parallel candidates"):
+            _say(args, "    consumers still read the previous versions: compare with diff, publish with cutover")
         report.append(entry)
         if code != EXIT_OK:
             break  # later groups read what this one failed to publish
@@ -364,7 +380,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         history.rollback(con, targets, reason=args.reason, actor=None)
         after = {a: warehouse.published_partitions(con, a) for a in targets}
     for asset, versions in targets.items():
-        print(f"{asset}: rolled back {len(versions)} partitions")
+        print(f"{asset}: rolled back {plural(len(versions), 'partition')}")
         for key, version in versions.items():
             print(f"  {key}: version {before[asset][key]} -> {version} (content {after[asset][key][2]})")
     resting = {a: k for a, k in downstream.items() if a not in targets}
@@ -384,7 +400,7 @@ def _decide(args: argparse.Namespace, approve: bool) -> int:
         if approve:
             done = history.approve(con, args.asset, keys, args.by, args.reason)
             print(
-                f"{args.asset}: published {len(done)} held versions approved by {args.by}: "
+                f"{args.asset}: published {plural(len(done), 'held version')} approved by {args.by}: "
                 + ", ".join(f"{k} (version {v})" for k, v in done.items())
             )
         else:
@@ -441,7 +457,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     versions = sorted({v for pair in pairs.values() for v in pair})
-    print(f"{args.asset}: {len(pairs)} partitions, base vs target versions {versions[0]}..{versions[-1]}")
+    print(f"{args.asset}: {plural(len(pairs), 'partition')}, base vs target versions {versions[0]}..{versions[-1]}")
     print(diff.render_diff(result))
     if moved:
         print("\nMetrics (base -> target):")
@@ -459,7 +475,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     keys = _partition_keys(defs.resolve_asset_graph(), node, args, required=False)
     with _write_warehouse(defs) as con:
         done = history.cutover(con, args.asset, keys, args.reason)
-    print(f"{args.asset}: published {len(done)} parallel candidates: " + ", ".join(sorted(done)))
+    print(f"{args.asset}: published {plural(len(done), 'parallel candidate')}: " + ", ".join(sorted(done)))
     return EXIT_OK
 
 

@@ -55,10 +55,6 @@ class PartitionIndex:
     def ranges_of(self, keys: Iterable[str]) -> Ranges:
         return merge([(i, i + 1) for i in sorted(self.position(k) for k in keys)])
 
-    def condensed(self, ranges: Ranges) -> list[str]:
-        """Human-readable ranges, e.g. ``2025-01-01..2025-01-31``."""
-        return [self.keys[lo] if hi - lo == 1 else f"{self.keys[lo]}..{self.keys[hi - 1]}" for lo, hi in ranges]
-
 
 _INDEXES: dict[Any, PartitionIndex] = {}
 
@@ -120,7 +116,6 @@ class Impact:
     depth: int  # 0: selected (or stale); n: n edges downstream
     via: str | None  # the parent through which it is reached at that depth
     reason: str
-    partitions: list[str] = field(default_factory=list)  # condensed ranges
     partition_count: int = 0
     materializable: bool = True
     kinds: list[str] = field(default_factory=list)
@@ -132,7 +127,12 @@ class Impact:
     ranges: list[tuple[str, str]] = field(default_factory=list)  # (first key, last key) of each range
     reads: list[str] = field(default_factory=list)  # affected parents
     label: str = ""  # a consumer's name
-    keys: list[str] = field(default_factory=list, repr=False)  # every partition key, for launching
+    keys: list[str] = field(default_factory=list, repr=False)  # every partition key
+
+    @property
+    def partitions(self) -> list[str]:
+        """Condensed ranges for people, e.g. ``2025-01-01..2025-01-31``."""
+        return [a if a == b else f"{a}..{b}" for a, b in self.ranges]
 
 
 @dataclass
@@ -228,7 +228,6 @@ def blast_radius(graph, seeds: Mapping[dg.AssetKey, Ranges], reasons: Mapping[dg
                 reason=(reasons or {}).get(key, "selected")
                 if d == 0
                 else f"downstream ({d}) of {via.to_user_string()}",
-                partitions=index.condensed(r) if index else [],
                 partition_count=sum(hi - lo for lo, hi in r),
                 materializable=node.is_materializable,
                 kinds=sorted(node.kinds),

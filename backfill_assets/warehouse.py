@@ -503,6 +503,8 @@ def _point_to(
 
 
 def _set_status(con: duckdb.DuckDBPyConnection, versions: Sequence[int], status: str, at: dt.datetime | None = None):
+    if status not in STATUSES:
+        raise ValueError(f"unknown version status {status!r}")
     con.execute(
         "UPDATE bfa.versions SET status = ?, decided_at = ? WHERE version IN (SELECT unnest(?))",
         [status, at or _now(), list(versions)],

@@ -116,3 +116,38 @@ def test_dagster_cli_materializes_a_month_of_daily_assets_in_one_run(db, tmp_pat
         runs = instance.get_runs()
     assert len(runs) == 1 and runs[0].is_success
     assert all(len(published(db, a)) == 31 for a in daily.split(","))
+
+
+PARALLEL_DEFINITIONS = """
+import os
+import dagster as dg
+import backfill_assets as bfa
+
+spec = bfa.TableSpec(
+    name="prices_daily",
+    partitions=dg.DailyPartitionsDefinition(start_date="2025-01-01"),
+    partition_column="day",
+    grain=["day", "sku"],
+    columns={"day": bfa.Column("DATE"), "sku": bfa.Column("VARCHAR"), "price": bfa.Column("DECIMAL(18,2)")},
+    code_version="1",
+    write_strategy="parallel_version",
+)
+SQL = '''SELECT d::DATE AS day, 'sku-' || i AS sku, (10 + i)::DECIMAL(18, 2) AS price
+         FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d), range(3) t(i)'''
+defs = dg.Definitions(assets=[bfa.derived_asset(spec, SQL)],
+                      resources={"warehouse": bfa.Warehouse(database=os.environ["BACKFILL_ASSETS_DB"])})
+"""
+
+
+def test_parallel_version_is_kept_until_cutover(db, tmp_path, capsys):
+    definitions = tmp_path / "parallel.py"
+    definitions.write_text(PARALLEL_DEFINITIONS)
+    assert cli.main(["materialize", "-f", str(definitions), "--from", "2025-01-01", "--to", "2025-01-03"]) == 0
+    out = capsys.readouterr().out
+    assert "prices_daily: kept as parallel candidates of prices_daily" in out and "publish with cutover" in out
+    assert published(db, "prices_daily") == {}
+    assert cli.main(["cutover", "prices_daily", "-f", str(definitions)]) == cli.EXIT_OK
+    assert "published 3 parallel candidates" in capsys.readouterr().out
+    assert sorted(published(db, "prices_daily")) == ["2025-01-01", "2025-01-02", "2025-01-03"]
+    assert cli.main(["cutover", "prices_daily", "-f", str(definitions)]) == cli.EXIT_USAGE
+    assert "no parallel candidates to cut over" in capsys.readouterr().err

@@ -140,7 +140,7 @@ def test_rollback_restores_content_exactly_then_republish_works(story, env, caps
 def test_cascade_rolls_back_downstream_published_by_the_same_brief(story, env, capsys):
     _, _, before, _ = story
     assert run("rollback", "revenue_daily", *JANUARY, "--cascade", "-f", DEFINITIONS) == cli.EXIT_OK
-    assert "monthly_revenue: rolled back 1 partitions" in capsys.readouterr().out
+    assert "monthly_revenue: rolled back 1 partition" in capsys.readouterr().out
     assert _hashes(env, "revenue_daily") == before["revenue_daily"]
     assert _hashes(env, "monthly_revenue") == before["monthly_revenue"]
 
