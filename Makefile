@@ -10,7 +10,7 @@ DEMO_TO ?= 2025-03-31
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: dev test seed lint clean bench-plan
+.PHONY: dev test seed lint clean bench bench-plan reliability
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest
+
+# Not part of `make test` (about 40 minutes at 100k events/day); tests/test_bench.py runs its --smoke mode.
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench.py
+
+# 50 SIGKILLs, 300 state-machine histories and the bad-input corpus, then a report (about 15 minutes).
+reliability: $(BIN)/.installed
+	$(BIN)/python scripts/reliability.py
 
 bench-plan: $(BIN)/.installed
 	$(BIN)/python benchmarks/plan_bench.py

@@ -3,10 +3,11 @@
 from .audit import CheckOutcome
 from .factory import POOL, consumer_specs, derived_asset
 from .publish import RunReport, TransformContext, audit_published, write_audit_publish
-from .spec import Column, Consumer, Invariant, Reconcile, SpecError, TableSpec, quote_ident
+from .spec import EMAIL, Column, Consumer, Invariant, Reconcile, SpecError, TableSpec, quote_ident
 from .warehouse import Warehouse, WarehouseLockTimeout, published_partitions
 
 __all__ = [
+    "EMAIL",
     "POOL",
     "CheckOutcome",
     "Column",

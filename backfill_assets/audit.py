@@ -20,6 +20,7 @@ SAMPLE_ROWS = 5
 SCHEMA_SAMPLE_ROWS = 10_000
 
 UNIQUE, COMPLETE, RECONCILED, SCHEMA = "unique_grain", "complete", "reconciled", "schema"
+PRIVATE = "no_personal_data"
 
 CHECK_DESCRIPTIONS = {
     UNIQUE: "No duplicate and no NULL grain keys.",
@@ -27,6 +28,7 @@ CHECK_DESCRIPTIONS = {
     "bounds, row counts within the allowed change against the published version.",
     RECONCILED: "Declared metrics match their upstream per partition; declared invariants hold.",
     SCHEMA: "Columns and types as declared; values pass the column checks (on a bounded sample).",
+    PRIVATE: "No text value on any row looks like the personal data the table must not hold (e-mails, raw ids).",
 }
 
 
@@ -47,6 +49,8 @@ def check_names(spec: TableSpec) -> list[str]:
         names.append(RECONCILED)
     if spec.columns:
         names.append(SCHEMA)
+    if spec.personal_data:
+        names.append(PRIVATE)
     return names
 
 
@@ -87,13 +91,14 @@ def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcom
 
 
 def check_complete(
-    con: duckdb.DuckDBPyConnection,
     spec: TableSpec,
     rows: Mapping[str, int],
     previous_rows: Mapping[str, int],
+    profile: Mapping[str, Mapping[tuple, Any]],
     stray_rows: int = 0,
 ) -> CheckOutcome:
-    """`rows`: partition -> rows of the candidate; `previous_rows`: partition -> rows published now."""
+    """`rows`: partition -> rows of the candidate; `previous_rows`: partition -> rows published now;
+    `profile`: partition -> the values of :func:`profile_aggregates` (partitions with rows)."""
     failures: list[dict[str, Any]] = []
     empty = [] if spec.sparse else [k for k, n in rows.items() if n == 0]
     failures += [{"partition": k, "problem": "no rows"} for k in empty[:SAMPLE_ROWS]]
@@ -115,7 +120,7 @@ def check_complete(
         failures.append(
             {"partition": "<outside window>", "problem": "rows outside the run's partitions", "rows": stray_rows}
         )
-    null_failures = _null_rates(con, spec, sum(rows.values()))
+    null_failures = _null_rates(spec, rows, profile)
     failures += null_failures
     figures = {
         "partitions": len(rows),
@@ -146,25 +151,71 @@ def check_complete(
     return CheckOutcome(COMPLETE, passed, summary, figures, failures)
 
 
-def _null_rates(con: duckdb.DuckDBPyConnection, spec: TableSpec, total: int) -> list[dict[str, Any]]:
-    """Columns whose NULL rate exceeds its bound in any partition (the worst partition is reported)."""
-    bounded = {
+def _null_bounds(spec: TableSpec) -> dict[str, float]:
+    return {
         name: (0.0 if not col.nullable else col.max_null_rate)
         for name, col in spec.columns.items()
         if not col.nullable or col.max_null_rate is not None
     }
-    if not bounded or not total:
-        return []
+
+
+def profile_aggregates(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> tuple[dict[tuple, str], dict[str, Any]]:
+    """What the checks need per partition, as SQL aggregates (and their bound values) the publish step computes
+    in the same scan that hashes each version: ("metric", name) -> the spec's metric; ("nulls", column) -> NULL
+    count of a column with a null bound (a bounded column missing from ``candidate`` is the schema check's
+    finding); ("private", label, column) -> values of a text column that look like that personal data."""
     present = dict(describe(con, "SELECT * FROM candidate"))
-    bounded = {c: b for c, b in bounded.items() if c in present}  # a missing column is the schema check's finding
-    if not bounded:
-        return []
-    part = quote_ident(spec.partition_column)
-    exprs = ", ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in bounded)
-    per_partition = con.execute(f"SELECT {part}, count(*), {exprs} FROM candidate GROUP BY 1 ORDER BY 1").fetchall()
+    out: dict[tuple, str] = {("metric", n): expr for n, expr in spec.metrics.items()}
+    out.update(
+        {("nulls", c): f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in _null_bounds(spec) if c in present}
+    )
+    text = [c for c, t in present.items() if t == "VARCHAR"]
+    params = {f"_bfa_pd{i}": pattern for i, pattern in enumerate(spec.personal_data.values())} if text else {}
+    for label, param in zip(spec.personal_data, params, strict=False):
+        out.update(
+            {("private", label, c): f"count(*) FILTER (WHERE regexp_matches({quote_ident(c)}, ${param}))" for c in text}
+        )
+    return out, params
+
+
+def profiled_metrics(values: Mapping[tuple, Any]) -> dict[str, Any]:
+    """The metric values out of one partition's :func:`profile_aggregates` values."""
+    return {key[1]: v for key, v in values.items() if key[0] == "metric"}
+
+
+def check_private(spec: TableSpec, profile: Mapping[str, Mapping[tuple, Any]]) -> CheckOutcome:
+    """Text columns holding values that look like personal data (from :func:`profile_aggregates`). Findings
+    name columns and counts, never the values: check results land in Dagster's event log."""
+    hits: dict[tuple[str, str], list[tuple[str, int]]] = {}  # (column, label) -> [(partition, values)]
+    for key, values in sorted(profile.items()):
+        for aggregate, n in values.items():
+            if aggregate[0] == "private" and n:
+                hits.setdefault((aggregate[2], aggregate[1]), []).append((key, n))
+    failures = [
+        {"column": c, "looks_like": label, "values": sum(n for _, n in ps), "partitions": len(ps), "first": ps[0][0]}
+        for (c, label), ps in sorted(hits.items())
+    ]
+    figures = {"patterns": len(spec.personal_data), "columns_with_personal_data": len({c for c, _ in hits})}
+    if not failures:
+        return CheckOutcome(PRIVATE, True, f"no values like {' or '.join(spec.personal_data)}", figures)
+    summary = "; ".join(
+        f"column {f['column']}: {plural(f['values'], 'value')} like {f['looks_like']} "
+        f"in {plural(f['partitions'], 'partition')} (first {f['first']})"
+        for f in failures
+    )
+    return CheckOutcome(PRIVATE, False, summary, figures, failures)
+
+
+def _null_rates(
+    spec: TableSpec, rows: Mapping[str, int], profile: Mapping[str, Mapping[tuple, Any]]
+) -> list[dict[str, Any]]:
+    """Columns whose NULL rate exceeds its bound in any partition (the worst partition is reported)."""
+    counted = {key[1] for values in profile.values() for key in values if key[0] == "nulls"}
+    bounded = {c: b for c, b in _null_bounds(spec).items() if c in counted}
+    per_partition = sorted((k, rows[k], profile[k]) for k in profile if rows.get(k))
     out = []
-    for i, (col, bound) in enumerate(bounded.items()):
-        over = [(r[0], r[1], r[i + 2]) for r in per_partition if r[i + 2] / r[1] > bound]
+    for col, bound in bounded.items():
+        over = [(k, n, values[("nulls", col)]) for k, n, values in per_partition if values[("nulls", col)] / n > bound]
         if over:
             p, n, nulls = max(over, key=lambda o: o[2] / o[1])
             problem = (
@@ -243,8 +294,13 @@ def _num(v: Any) -> float:
     return 0.0 if v is None else float(v)
 
 
-def check_schema(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcome:
-    actual = dict(describe(con, "SELECT * FROM candidate"))
+def check_schema(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, columns: Mapping[str, str] | None = None
+) -> CheckOutcome:
+    """`columns`: what the run's transform produced (default: the columns of ``candidate``). The stored table
+    may be wider, as a column dropped by a transform reads as NULL in its new versions: a missing column is
+    judged on what the transform returned."""
+    actual = dict(columns) if columns is not None else dict(describe(con, "SELECT * FROM candidate"))
     failures: list[dict[str, Any]] = []
     for name, col in spec.columns.items():
         if name not in actual:

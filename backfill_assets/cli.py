@@ -97,16 +97,29 @@ def _upstream_first(graph, groups: dict[Any, list[dg.AssetKey]]) -> list[Any]:
     return order
 
 
-def _read_warehouse(defs: dg.Definitions):
-    """A read-only connection to the definitions' warehouse, or None when it does not exist yet."""
-    resource = (defs.resources or {}).get(WAREHOUSE_KEY)
-    if resource is None or not os.path.exists(resource.database):
-        return None
-    con = warehouse.connect(resource.database, lock_timeout_s=resource.lock_timeout_s, read_only=True)
-    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'bfa'").fetchall()[0][0]:
-        con.close()
-        return None
+def _read_warehouse(defs: dg.Definitions, required: bool = False):
+    """A read-only connection to the definitions' warehouse; None (or, if `required`, a usage error) when it
+    holds no catalog yet. Never creates the file."""
+    resource = _warehouse_resource(defs)
+    con = None
+    if os.path.exists(resource.database):
+        con = warehouse.connect(resource.database, lock_timeout_s=resource.lock_timeout_s, read_only=True)
+        if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'bfa'").fetchall()[0][0]:
+            con.close()
+            con = None
+    if con is None and required:
+        raise UsageError(
+            f"no warehouse with published data at {resource.database}: materialize first, or point "
+            "BACKFILL_ASSETS_DB at the warehouse"
+        )
     return con
+
+
+def _warehouse_resource(defs: dg.Definitions) -> warehouse.Warehouse:
+    resource = (defs.resources or {}).get(WAREHOUSE_KEY)
+    if resource is None:
+        raise UsageError(f"the definitions have no {WAREHOUSE_KEY!r} resource (a backfill_assets.Warehouse)")
+    return resource
 
 
 def _published_everywhere(defs: dg.Definitions, keys: list[dg.AssetKey], partitions: list[str]) -> bool:
@@ -205,7 +218,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         if args.stale:
             if con is None:
-                raise UsageError("--stale needs a warehouse with published data; none exists yet")
+                _read_warehouse(defs, required=True)
             seeds, reasons = planning.stale_seeds(graph, con)
             description = "partitions published under an older code version"
         else:
@@ -347,18 +360,20 @@ def _partition_keys(graph, node: Any, args: argparse.Namespace, required: bool =
 
 
 def _write_warehouse(defs: dg.Definitions):
-    resource = (defs.resources or {}).get(WAREHOUSE_KEY)
-    if resource is None:
-        raise UsageError(f"the definitions have no {WAREHOUSE_KEY!r} resource (a backfill_assets.Warehouse)")
-    return resource.get_connection()
+    """A write connection to an existing warehouse (commands that change history never create one)."""
+    _read_warehouse(defs, required=True).close()
+    return _warehouse_resource(defs).get_connection()
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     defs = load_definitions(args.file)
-    _table_asset(defs, args.asset)
-    con = _read_warehouse(defs)
-    rows = history.versions(con, args.asset, args.partition) if con is not None else []
-    if con is not None:
+    node = _table_asset(defs, args.asset)
+    if args.partition and args.partition not in planning.partition_index(node.partitions_def).positions:
+        raise UsageError(f"{args.asset} has no partition {args.partition}")
+    con = _read_warehouse(defs, required=True)
+    try:
+        rows = history.versions(con, args.asset, args.partition)
+    finally:
         con.close()
     print(json.dumps(rows, indent=2, default=str) if args.json else history.render_versions(args.asset, rows))
     return EXIT_OK
@@ -422,9 +437,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     grain = [c.strip() for c in str(_metadata(node, "grain")).split(",")]
     metrics = _metadata(node, "metrics") or {}
     dates = {node.partitions_def.time_window_for_partition_key(k).start.date(): k for k in keys}
-    con = _read_warehouse(defs)
-    if con is None:
-        raise UsageError("no warehouse with published data yet")
+    con = _read_warehouse(defs, required=True)
     try:
         pairs = history.diff_pairs(con, args.asset, keys, args.base, args.target)
         result, moved = history.diff_versions(
@@ -472,6 +485,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_cutover(args: argparse.Namespace) -> int:
     defs = load_definitions(args.file)
     node = _table_asset(defs, args.asset)
+    strategy = _metadata(node, "write_strategy")
+    if strategy != "parallel_version":
+        raise UsageError(
+            f"{args.asset} uses write_strategy {strategy!r}: its runs publish directly, so there is nothing to cut "
+            "over (cutover is for parallel_version tables)"
+        )
     keys = _partition_keys(defs.resolve_asset_graph(), node, args, required=False)
     with _write_warehouse(defs) as con:
         done = history.cutover(con, args.asset, keys, args.reason)
@@ -654,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cascade", action="store_true", help="also roll back downstream partitions published by the same backfill"
     )
     rol.add_argument("--reason", default="rollback requested on the command line", help="recorded in the ledger")
+    rol.set_defaults(changes_history=True)
     for name, func, what in (
         ("approve", lambda a: _decide(a, True), "publish held candidates after review"),
         ("discard", lambda a: _decide(a, False), "delete held candidates after review"),
@@ -661,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = table_command(name, f"{what} (all held partitions unless --partition/--from/--to)", func)
         cmd.add_argument("--by", required=True, help="who decides (recorded)")
         cmd.add_argument("--reason", required=True, help="why (recorded)")
+        cmd.set_defaults(changes_history=True)
     dif = table_command(
         "diff",
         "keyed diff of two versions: schema, rows matched on the grain, per-column "
@@ -672,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     dif.add_argument("--json", action="store_true", help="print JSON")
     cut = table_command("cutover", "publish parallel candidates (write_strategy parallel_version)", cmd_cutover)
     cut.add_argument("--reason", default="cutover requested on the command line", help="recorded in the ledger")
+    cut.set_defaults(changes_history=True)
     vac = sub.add_parser(
         "vacuum",
         help="remove versions beyond each table's retention; never published ones, "
@@ -679,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vac.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
     vac.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
-    vac.set_defaults(func=cmd_vacuum)
+    vac.set_defaults(func=cmd_vacuum, changes_history=True)
 
     notes = sub.add_parser("notes", help="a change note for stakeholders: what moved, why, validation, who to tell")
     which = notes.add_mutually_exclusive_group(required=True)
@@ -703,7 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         history.HistoryError,
         warehouse.WarehouseLockTimeout,
     ) as e:
-        print(f"backfill-assets: {e}", file=sys.stderr)
+        message = str(e)
+        if getattr(args, "changes_history", False) and "Nothing was changed" not in message:
+            message = message.rstrip(".") + ". Nothing was changed."
+        print(f"backfill-assets: {message}", file=sys.stderr)
         return EXIT_USAGE
     except launch.DagsterError as e:
         print(f"backfill-assets: {e}", file=sys.stderr)

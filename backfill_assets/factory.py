@@ -11,6 +11,8 @@ from .spec import Consumer, TableSpec
 
 POOL = "duckdb"
 WAREHOUSE_KEY = "warehouse"
+BRIEF_TAG = "backfill_assets/brief"  # run tag: the brief a backfill was launched from
+OWNER_TAG = "backfill_assets/owner"  # run tag: the brief's owner, whom the ledger records as the actor
 
 ParamsFn = Callable[[], Mapping[str, Any]]
 
@@ -68,6 +70,7 @@ def derived_asset(
                 run_id=context.run.run_id,
                 params=bound,
                 record={"run_tags": {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
+                **_who_and_why(context.run),
             )
         # Every check gates the publish; Dagster is told only the outcomes of the checks it selected.
         results = _check_results(context, spec, report.outcomes)
@@ -89,6 +92,19 @@ def derived_asset(
     return _asset
 
 
+def _who_and_why(run: dg.DagsterRun) -> dict[str, str | None]:
+    """The ledger's actor and reason for a run: the brief's owner and id when a brief launched it, else the
+    Dagster backfill or the run (the actor then defaults to the OS user running the step)."""
+    tags = run.tags
+    if tags.get(BRIEF_TAG):
+        reason = f"backfill brief {tags[BRIEF_TAG]}"
+    elif tags.get("dagster/backfill"):
+        reason = f"Dagster backfill {tags['dagster/backfill']}"
+    else:
+        reason = f"run {run.run_id}"
+    return {"actor": tags.get(OWNER_TAG) or tags.get("dagster/user"), "reason": reason}
+
+
 def _asset_spec(spec: TableSpec, deps) -> dg.AssetSpec:
     columns = dg.TableSchema(
         columns=[
@@ -105,6 +121,7 @@ def _asset_spec(spec: TableSpec, deps) -> dg.AssetSpec:
         "dagster/table_name": f"main.{spec.name}",
         "grain": ", ".join(spec.grain),
         "partition_column": spec.partition_column,
+        "write_strategy": spec.write_strategy,
         "retention": dg.MetadataValue.json({"keep_versions": spec.keep_versions, "keep_days": spec.keep_days}),
     }
     if spec.columns:
@@ -181,7 +198,7 @@ def _run_metadata(report: RunReport) -> dict[str, Any]:
 def _change_note(spec: TableSpec, report: RunReport, context: dg.AssetExecutionContext) -> str:
     """This publish's change note: the same format `backfill-assets notes` uses for a whole backfill."""
     keys = sorted(report.partitions)
-    brief = context.run.tags.get("backfill_assets/brief")
+    brief = context.run.tags.get(BRIEF_TAG)
     note = changes.Note(
         title=f"{spec.name} {keys[0]}..{keys[-1]}" + (f", brief {brief}" if brief else ""),
         assets={spec.name: {"published": keys, "held": [], "checks": "all passed"}},

@@ -340,7 +340,12 @@ def diff_pairs(
             default = (
                 ("published" if pending else "previous") if side == "base" else ("held" if pending else "published")
             )
-            chosen[side] = _version_named(con, asset, key, name or default, published.get(key), pending)
+            try:
+                chosen[side] = _version_named(con, asset, key, name or default, published.get(key), pending)
+            except HistoryError as e:
+                if name:  # the user named it: say which option to fix
+                    raise HistoryError(f"--{side}: {e}") from None
+                raise
         pairs[key] = (chosen["base"], chosen["target"])
     return pairs
 

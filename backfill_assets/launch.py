@@ -10,8 +10,8 @@ from typing import Any
 import duckdb
 
 from . import planning
+from .factory import BRIEF_TAG, OWNER_TAG
 
-BRIEF_TAG = "backfill_assets/brief"
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 _LAUNCH = """
@@ -82,6 +82,7 @@ def backfill_params(brief: dict[str, Any], plan: planning.Plan) -> dict[str, Any
         "tags": [
             {"key": BRIEF_TAG, "value": str(brief["id"])},
             {"key": "backfill_assets/risk", "value": brief["risk"]},
+            {"key": OWNER_TAG, "value": str(brief["owner"])},
         ],
         "partitionsByAssets": [
             {

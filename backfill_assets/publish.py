@@ -86,11 +86,14 @@ def write_audit_publish(
     run_id: str,
     params: Mapping[str, Any] | None = None,
     record: Mapping[str, Any] | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
 ) -> RunReport:
     """Run `transform` for `partition_keys` and publish the result only if every check passes.
 
     `params` are bound into the transform and rule SQL; `record` is extra run context stored in
-    the ledger (run tags, brief id, ...); secrets belong in `params`, never in `record`.
+    the ledger (run tags, brief id, ...); secrets belong in `params`, never in `record`. The ledger
+    names `actor` (default: the OS user) and `reason` (default: the run; a hold's reason is its failure).
     """
     if not partition_keys:
         raise ValueError(f"{spec.name}: no partitions to write")
@@ -105,11 +108,12 @@ def write_audit_publish(
         if spec.write_strategy == "merge_by_key" and spec.missing_keys == "keep":
             warehouse.create_merge_view(con, spec.name, spec.grain, spec.partition_column, SOURCE_VIEW, MERGED_VIEW)
             staged_from = MERGED_VIEW
-        warehouse.stage(con, cand, spec.partition_column, staged_from)
+        produced = dict(warehouse.stage(con, cand, spec.partition_column, staged_from))
         t1 = time.perf_counter()
-        all_versions = [*cand.versions.values(), cand.stray_version]
-        stats = warehouse.version_stats(con, spec.name, all_versions)
         warehouse.create_candidate_views(con, spec.name, spec.partition_column)
+        stats, profile = warehouse.profile_versions(
+            con, spec.name, [*cand.versions.values(), cand.stray_version], *audit.profile_aggregates(con, spec)
+        )
         previous = warehouse.published_partitions(con, spec.name)
         outcomes, before, after = _audit(
             con,
@@ -118,7 +122,9 @@ def write_audit_publish(
             {**params, **window},
             rows={k: stats[v][0] for k, v in cand.versions.items()},
             previous_rows={k: previous[k][1] for k in cand.versions if k in previous},
+            profile={k: profile[v] for k, v in cand.versions.items() if v in profile},
             stray_rows=stats[cand.stray_version][0],
+            columns=produced,
         )
         t2 = time.perf_counter()
     except BaseException:
@@ -144,8 +150,8 @@ def write_audit_publish(
             **(record or {}),
         },
     }
-    reason = None if report.passed else report.failure_message()
-    warehouse.decide(con, cand, stats, outcome=report.outcome, reason=reason, **ledger)
+    why = (reason or f"run {run_id}") if report.passed else report.failure_message()
+    warehouse.decide(con, cand, stats, outcome=report.outcome, reason=why, actor=actor, **ledger)
     return report
 
 
@@ -162,6 +168,10 @@ def audit_published(
     partitions, window = _windows(spec, list(published))
     warehouse.load_run_table(con, [(k, d, published[k][0]) for k, d in partitions])
     warehouse.create_published_views(con, spec.name)
+    versions = {k: v for k, (v, _, _) in published.items()}
+    _, profile = warehouse.profile_versions(
+        con, spec.name, list(versions.values()), *audit.profile_aggregates(con, spec)
+    )
     outcomes, _, _ = _audit(
         con,
         spec,
@@ -169,6 +179,7 @@ def audit_published(
         {**(params or {}), **window},
         rows={k: v[1] for k, v in published.items()},
         previous_rows={},
+        profile={k: profile[v] for k, v in versions.items() if v in profile},
     )
     return outcomes
 
@@ -180,15 +191,17 @@ def _windows(spec: TableSpec, keys: Sequence[str]) -> tuple[list[tuple[str, dt.d
     return partitions, {"start": min(w.start.date() for _, w in windows), "end": max(w.end.date() for _, w in windows)}
 
 
-def _audit(con, spec, partitions, params, *, rows, previous_rows, stray_rows=0):
+def _audit(con, spec, partitions, params, *, rows, previous_rows, profile, stray_rows=0, columns=None):
     by_date = {d: k for k, d in partitions}
-    after = audit.metric_values(con, spec, "candidate")
+    after = {d: audit.profiled_metrics(profile[k]) for k, d in partitions if k in profile and spec.metrics}
     before = audit.metric_values(con, spec, "previous")
-    outcomes = [audit.check_unique(con, spec), audit.check_complete(con, spec, rows, previous_rows, stray_rows)]
+    outcomes = [audit.check_unique(con, spec), audit.check_complete(spec, rows, previous_rows, profile, stray_rows)]
     if spec.rules:
         outcomes.append(audit.check_reconciled(con, spec, params, after))
     if spec.columns:
-        outcomes.append(audit.check_schema(con, spec))
+        outcomes.append(audit.check_schema(con, spec, columns))
+    if spec.personal_data:
+        outcomes.append(audit.check_private(spec, profile))
 
     def keyed(values):
         return {by_date[d]: m for d, m in sorted(values.items()) if d in by_date}

@@ -14,6 +14,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 WRITE_STRATEGIES = ("partition_overwrite", "merge_by_key", "parallel_version")
 MISSING_KEY_POLICIES = ("keep", "delete")
+# A value containing an e-mail address: a handy entry for TableSpec.personal_data.
+EMAIL = r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 RESERVED_NAMES = {"versions", "published", "ledger", "version_seq", "ledger_seq"}  # bfa.<name> catalog objects
 
 
@@ -119,6 +121,9 @@ class TableSpec:
     keep_versions: int = 3  # retention: versions kept per partition (the published one included) ...
     keep_days: int = 30  # ... and any version younger than this; vacuum removes what is beyond both
     tags: dict[str, str] = field(default_factory=dict)
+    # Personal data that must never reach this table: label -> regular expression (RE2, matched anywhere in
+    # the value) checked on every row of every text column by the blocking check `no_personal_data`.
+    personal_data: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"table spec {self.name!r}"
@@ -157,6 +162,11 @@ class TableSpec:
             raise SpecError(f"{where}: missing_keys must be 'keep' or 'delete'")
         if self.keep_versions < 1 or self.keep_days < 0:
             raise SpecError(f"{where}: keep_versions must be >= 1 and keep_days >= 0")
+        for label, pattern in self.personal_data.items():
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as e:
+                raise SpecError(f"{where}: personal_data {label!r} is not a regular expression: {e}") from None
         if len({r.name for r in self.rules}) != len(self.rules):
             raise SpecError(f"{where}: rule names must be unique")
 

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -111,12 +111,20 @@ class Warehouse(DuckDBResource):
         description="Path of the DuckDB file; defaults to $BACKFILL_ASSETS_DB, else data/warehouse.duckdb.",
     )
     lock_timeout_s: float = Field(
-        default=600.0, description="How long to wait for another process to release the DuckDB file."
+        default_factory=lambda: float(os.environ.get("BACKFILL_ASSETS_LOCK_TIMEOUT_S", "600")),
+        description="Seconds to wait for another process (a notebook, another run) to release the DuckDB "
+        "file before failing; defaults to $BACKFILL_ASSETS_LOCK_TIMEOUT_S, else 600.",
+    )
+    memory_limit: str | None = Field(
+        default_factory=lambda: os.environ.get("BACKFILL_ASSETS_MEMORY_LIMIT") or None,
+        description="DuckDB's memory_limit for runs, e.g. '2GB' (larger steps spill to disk); defaults to "
+        "$BACKFILL_ASSETS_MEMORY_LIMIT, else DuckDB's own default of 80% of RAM.",
     )
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = connect(self.database, self.connection_config, self.lock_timeout_s)
+        config = {**self.connection_config, **({"memory_limit": self.memory_limit} if self.memory_limit else {})}
+        con = connect(self.database, config, self.lock_timeout_s)
         try:
             yield con
         finally:
@@ -197,10 +205,11 @@ def allocate(
     ids = [r[0] for r in con.execute("SELECT nextval('bfa.version_seq') FROM range(?)", [n]).fetchall()]
     now = _now()
     keys = [k for k, _ in partitions] + ["<outside window>"]
-    con.executemany(
+    # Parallel unnests zip the lists: one statement, where executemany costs ~0.6 ms a row.
+    con.execute(
         "INSERT INTO bfa.versions (version, asset, partition_key, run_id, code_version, status, created_at) "
-        "VALUES (?, ?, ?, ?, ?, 'staged', ?)",
-        [(v, asset, k, run_id, code_version, now) for v, k in zip(ids, keys, strict=True)],
+        "SELECT unnest(?::BIGINT[]), ?, unnest(?::VARCHAR[]), ?, ?, 'staged', ?",
+        [ids, asset, keys, run_id, code_version, now],
     )
     part_ids, stray = ids[:-1], ids[-1]
     load_run_table(con, [(k, d, v) for (k, d), v in zip(partitions, part_ids, strict=True)])
@@ -221,9 +230,12 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 
 def load_run_table(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, dt.date, int]]) -> None:
     """The temp table ``_bfa_run``: (partition_key, partition_date, version) being written or audited."""
-    con.execute("CREATE OR REPLACE TEMP TABLE _bfa_run (partition_key VARCHAR, partition_date DATE, version BIGINT)")
-    if rows:
-        con.executemany("INSERT INTO _bfa_run VALUES (?, ?, ?)", list(rows))
+    keys, dates, versions = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _bfa_run AS SELECT unnest(?::VARCHAR[]) AS partition_key, "
+        "unnest(?::DATE[]) AS partition_date, unnest(?::BIGINT[]) AS version",
+        [keys, dates, versions],
+    )
 
 
 def abandon_orphans(con: duckdb.DuckDBPyConnection, asset: str) -> int:
@@ -257,8 +269,11 @@ def describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[st
     return [(r[0], r[1]) for r in con.execute(f"DESCRIBE {relation_sql}").fetchall()]
 
 
-def stage(con: duckdb.DuckDBPyConnection, cand: Candidate, partition_column: str, source_view: str) -> None:
-    """Write the rows of `source_view` as the run's candidate versions (committed, not published).
+def stage(
+    con: duckdb.DuckDBPyConnection, cand: Candidate, partition_column: str, source_view: str
+) -> list[tuple[str, str]]:
+    """Write the rows of `source_view` as the run's candidate versions (committed, not published); returns
+    the columns the source produced (the table may have more: older versions' columns read as NULL).
 
     Each row gets the version of the partition its `partition_column` falls in; rows outside
     the run's window get the stray version so the completeness check can report them.
@@ -290,6 +305,7 @@ def stage(con: duckdb.DuckDBPyConnection, cand: Candidate, partition_column: str
             f"LEFT JOIN _bfa_run r ON s.{quote_ident(partition_column)} = r.partition_date",
             [cand.stray_version],
         )
+    return source_cols
 
 
 def _create_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
@@ -340,14 +356,32 @@ def version_view(con: duckdb.DuckDBPyConnection, asset: str, name: str, versions
 
 def version_stats(con: duckdb.DuckDBPyConnection, asset: str, versions: Sequence[int]) -> dict[int, tuple[int, str]]:
     """Rows and an order-independent content hash of each version (count + sum of row hashes)."""
+    return profile_versions(con, asset, versions, {})[0]
+
+
+def profile_versions(
+    con: duckdb.DuckDBPyConnection,
+    asset: str,
+    versions: Sequence[int],
+    aggregates: Mapping[Hashable, str],
+    params: Mapping[str, Any] | None = None,
+) -> tuple[dict[int, tuple[int, str]], dict[int, dict[Hashable, Any]]]:
+    """:func:`version_stats` plus `aggregates` (name -> SQL aggregate over the table's columns, code from a
+    table spec, with ``$name`` values bound from `params`) of each version, all in one scan: the audit's
+    figures cost no extra pass over the rows."""
+    if not versions:
+        return {}, {}
+    names = list(aggregates)
+    extra = "".join(f", {aggregates[n]}" for n in names)
     rows = con.execute(
-        f"SELECT {VERSION_COLUMN}, count(*), sum(hash(*COLUMNS(* EXCLUDE ({VERSION_COLUMN}))))::HUGEINT "
-        f"FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?)) GROUP BY 1",
-        [list(versions)],
+        f"SELECT {VERSION_COLUMN}, count(*), sum(hash(*COLUMNS(* EXCLUDE ({VERSION_COLUMN}))))::HUGEINT{extra} "
+        f"FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest($_bfa_versions::BIGINT[])) "
+        "GROUP BY 1",
+        {**(params or {}), "_bfa_versions": list(versions)},
     ).fetchall()
     stats = {v: (0, _content_hash(0, 0)) for v in versions}
-    stats.update({v: (n, _content_hash(n, h)) for v, n, h in rows})
-    return stats
+    stats.update({r[0]: (r[1], _content_hash(r[1], r[2])) for r in rows})
+    return stats, {r[0]: dict(zip(names, r[3:], strict=True)) for r in rows}
 
 
 def _content_hash(rows: int, hash_sum: int) -> str:
@@ -498,7 +532,10 @@ def _point_to(
         [displaced, now, asset, keys],
     )
     con.execute("DELETE FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?))", [asset, keys])
-    con.executemany("INSERT INTO bfa.published VALUES (?, ?, ?, ?)", [(asset, k, v, now) for k, v in versions.items()])
+    con.execute(
+        "INSERT INTO bfa.published SELECT ?, unnest(?::VARCHAR[]), unnest(?::BIGINT[]), ?",
+        [asset, keys, list(versions.values()), now],
+    )
     _set_status(con, list(versions.values()), "published", now)
 
 
@@ -512,9 +549,10 @@ def _set_status(con: duckdb.DuckDBPyConnection, versions: Sequence[int], status:
 
 
 def _record_stats(con: duckdb.DuckDBPyConnection, stats: dict[int, tuple[int, str]]) -> None:
-    con.executemany(
-        "UPDATE bfa.versions SET row_count = ?, content_hash = ? WHERE version = ?",
-        [(n, h, v) for v, (n, h) in stats.items()],
+    con.execute(
+        "UPDATE bfa.versions v SET row_count = s.n, content_hash = s.h FROM (SELECT unnest(?::BIGINT[]) AS version, "
+        "unnest(?::BIGINT[]) AS n, unnest(?::VARCHAR[]) AS h) s WHERE v.version = s.version",
+        [list(stats), [n for n, _ in stats.values()], [h for _, h in stats.values()]],
     )
 
 

@@ -31,7 +31,13 @@ crm_export = bfa.Consumer("CRM audience export", "export", owners=["team:crm"])
 engagement_report = bfa.Consumer("Product engagement report", "report", owners=["team:product"])
 
 NON_NEGATIVE = [pa.Check.ge(0)]
-CURRENCIES = [pa.Check.isin(["USD", "EUR", "GBP", "JPY"])]
+CURRENCY_CODES = ("USD", "EUR", "GBP", "JPY")
+CURRENCIES = [pa.Check.isin(CURRENCY_CODES)]
+MAX_AMOUNT = 100_000  # no plan costs more in any currency; larger amounts are instrumentation bugs
+# Bot traffic by user agent; three substring tests cost less than one regular expression.
+IS_BOT = " OR ".join(f"contains(lower(user_agent), '{word}')" for word in ("bot", "crawler", "spider"))
+# What must never leave raw_events: every derived table's blocking check `no_personal_data` looks for it.
+PERSONAL_DATA = {"email address": bfa.EMAIL, "raw user id": r"^u[0-9]+$"}
 FX_TO_USD = "(VALUES ('USD', 1.0), ('EUR', 1.08), ('GBP', 1.27), ('JPY', 0.0067)) AS fx(currency, usd_rate)"
 
 
@@ -64,6 +70,26 @@ raw_events_spec = bfa.TableSpec(
         "ingest_date": col("DATE"),
     },
     metrics={"deliveries": "count(*)"},
+    rules=[
+        bfa.Invariant(
+            "event_time_plausible",
+            f"""SELECT delivery_id, event_type, client_ts, tz_offset_min, ingest_date FROM candidate
+                WHERE tz_offset_min NOT BETWEEN -840 AND 840
+                   OR client_ts - to_minutes(tz_offset_min) >= ingest_date + INTERVAL 1 DAY
+                   OR client_ts - to_minutes(tz_offset_min) < ingest_date - INTERVAL {source.MAX_LATENESS_DAYS} DAY""",
+            description=f"Event time (UTC) is on the delivery day or up to {source.MAX_LATENESS_DAYS} days before "
+            "it: not in the future, not later than events_clean reads; offsets within ±14 h.",
+        ),
+        bfa.Invariant(
+            "amounts_valid",
+            f"""SELECT delivery_id, event_type, amount, currency FROM candidate
+                WHERE amount < 0 OR amount > {MAX_AMOUNT}
+                   OR currency NOT IN ({", ".join(f"'{c}'" for c in CURRENCY_CODES)})
+                   OR (event_type IN ('purchase', 'refund')) <> (amount IS NOT NULL AND currency IS NOT NULL)""",
+            description=f"Purchases and refunds, and only they, carry an amount in 0..{MAX_AMOUNT:,} and a known "
+            "currency.",
+        ),
+    ],
     code_version="1",
     owners=[PLATFORM],
     group="ingest",
@@ -76,7 +102,7 @@ WITH delivered AS (
     SELECT *, client_ts - to_minutes(tz_offset_min) AS event_ts_utc
     FROM raw_events
     WHERE ingest_date >= $start AND ingest_date < $end::DATE + INTERVAL {source.MAX_LATENESS_DAYS} DAY
-      AND NOT regexp_matches(lower(user_agent), 'bot|crawler|spider')
+      AND NOT ({IS_BOT})
 ),
 first_delivery AS (
     SELECT * FROM delivered
@@ -125,7 +151,7 @@ events_clean_spec = bfa.TableSpec(
             "events",
             f"""SELECT (client_ts - to_minutes(tz_offset_min))::DATE, count(DISTINCT event_id) FROM raw_events
                 WHERE ingest_date >= $start AND ingest_date < $end::DATE + INTERVAL {source.MAX_LATENESS_DAYS} DAY
-                  AND NOT regexp_matches(lower(user_agent), 'bot|crawler|spider') GROUP BY 1""",
+                  AND NOT ({IS_BOT}) GROUP BY 1""",
             description="One row per distinct non-bot event id delivered for the day.",
         ),
     ],
@@ -133,6 +159,7 @@ events_clean_spec = bfa.TableSpec(
     consumers=[crm_export],
     code_version="1",
     owners=[PLATFORM],
+    personal_data=PERSONAL_DATA,
     group="core",
 )
 
@@ -190,6 +217,7 @@ sessions_spec = bfa.TableSpec(
     consumers=[engagement_report, crm_export],
     code_version="1",
     owners=[GROWTH],
+    personal_data=PERSONAL_DATA,
     group="engagement",
 )
 
@@ -235,6 +263,7 @@ daily_active_users_spec = bfa.TableSpec(
     consumers=[growth_kpis],
     code_version="1",
     owners=[GROWTH],
+    personal_data=PERSONAL_DATA,
     group="engagement",
 )
 
@@ -290,6 +319,7 @@ funnel_daily_spec = bfa.TableSpec(
     consumers=[growth_kpis],
     code_version="1",
     owners=[GROWTH],
+    personal_data=PERSONAL_DATA,
     group="growth",
 )
 
@@ -345,6 +375,7 @@ revenue_daily_spec = bfa.TableSpec(
     consumers=[finance_revenue],
     code_version="2",  # version 1 did not join refunds (see legacy.py and backfills/refunds-fix-2025q1.yaml)
     owners=[FINANCE],
+    personal_data=PERSONAL_DATA,
     group="revenue",
 )
 
@@ -384,6 +415,7 @@ weekly_active_users_spec = bfa.TableSpec(
     consumers=[growth_kpis],
     code_version="1",
     owners=[GROWTH],
+    personal_data=PERSONAL_DATA,
     group="engagement",
 )
 
@@ -445,6 +477,7 @@ retention_cohorts_spec = bfa.TableSpec(
     consumers=[growth_kpis],
     code_version="1",
     owners=[GROWTH],
+    personal_data=PERSONAL_DATA,
     group="growth",
 )
 
@@ -500,6 +533,7 @@ monthly_revenue_spec = bfa.TableSpec(
     consumers=[finance_revenue],
     code_version="1",
     owners=[FINANCE],
+    personal_data=PERSONAL_DATA,
     group="revenue",
 )
 

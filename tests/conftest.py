@@ -1,5 +1,7 @@
 """Shared fixtures: warehouses live under pytest's tmp_path; the demo source runs small."""
 
+import json
+import os
 import shutil
 
 import dagster as dg
@@ -16,6 +18,14 @@ TEST_EVENTS_PER_DAY = "300"
 @pytest.fixture(autouse=True)
 def _small_demo_source(monkeypatch):
     monkeypatch.setenv("BACKFILL_ASSETS_DEMO_EVENTS_PER_DAY", TEST_EVENTS_PER_DAY)
+
+
+def report(kind: str, **figures) -> None:
+    """Append one JSON line of figures to $BACKFILL_ASSETS_RELIABILITY_REPORT (make reliability reads it)."""
+    path = os.environ.get("BACKFILL_ASSETS_RELIABILITY_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"kind": kind, **figures}) + "\n")
 
 
 def make_defs(db_path, assets=None) -> dg.Definitions:
@@ -48,7 +58,9 @@ def check_evaluations(result) -> dict[tuple[str, str], bool]:
 
 
 def step_failures(result) -> list[str]:
-    return [e.event_specific_data.error.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    """Each failed step's message: a held check's description, or the exception the step raised."""
+    errors = [e.event_specific_data.error for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return [(error.cause or error).message for error in errors]
 
 
 def published(db_path, asset) -> dict[str, tuple[int, int, str]]:

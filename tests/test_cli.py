@@ -11,7 +11,8 @@ import duckdb
 import pytest
 from conftest import published
 
-from backfill_assets import cli
+from backfill_assets import audit, cli
+from product_analytics import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFINITIONS = str(ROOT / "definitions.py")
@@ -111,7 +112,9 @@ def test_dagster_cli_materializes_a_month_of_daily_assets_in_one_run(db, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     evaluations = [line for line in done.stderr.splitlines() if "ASSET_CHECK_EVALUATION" in line]
     assert not any("did not pass" in line for line in evaluations)
-    assert sum(" passed." in line for line in evaluations) == 23  # raw_events 3 checks, 5 tables x 4
+    checks = sum(len(audit.check_names(s)) for s in tables.SPECS if s.name in daily.split(","))
+    assert checks == 29  # raw_events 4 checks, 5 tables x 5
+    assert sum(" passed." in line for line in evaluations) == checks
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
     assert len(runs) == 1 and runs[0].is_success

@@ -1,0 +1,340 @@
+"""What our guarantees cost: the daily reference assets as write-audit-publish runs against the same SQL
+run bare in DuckDB, side by side on one machine. Every measurement runs in its own process on its own
+warehouse under a temporary directory. Prints a table and writes benchmarks/results/latest.json.
+
+    python benchmarks/bench.py                 # 100k raw events/day; 31, 90 and 365 days (about 15 min)
+    python benchmarks/bench.py --smoke         # tiny: checks that every measurement runs (make test)
+
+Measured (targets from the performance issue):
+1. overhead: one ranged run of every daily asset with every check and the ledger, against the same
+   transformation SQL run bare in one connection (plain tables, delete + insert, no checks) -- once
+   into an empty warehouse ("load") and again over the same range ("backfill"). Target <= 1.25.
+2. ranged vs per-partition: the first days as one run against one run per partition, both with
+   Dagster's in-process executor, at the demo scale of `make dev` (2,000 events/day) and at the
+   benchmark's scale. Target >= 10.
+3. check cost: audit time / transform time per asset, from the ledger. Target <= 0.35.
+4. read overhead: typical queries on the published relations against plain tables of the same rows.
+   Target <= 1.3.
+5. memory: peak RSS of the longest run. Target <= 2 GiB.
+6. scaling: seconds per day at each length; flat means linear.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+START = dt.date(2025, 1, 1)
+DAILY = ["raw_events", "events_clean", "sessions", "daily_active_users", "funnel_daily", "revenue_daily"]
+TARGETS = {"overhead": 1.25, "ranged_speedup": 10.0, "check_cost": 0.35, "read_overhead": 1.3, "rss_gib": 2.0}
+QUERIES = {
+    "one month filtered": """
+        SELECT event_type, count(*), sum(amount_usd) FROM events_clean
+        WHERE event_date >= DATE '2025-03-01' AND event_date < DATE '2025-04-01' GROUP BY 1""",
+    "full aggregation": """
+        SELECT event_date, count(*), count(DISTINCT actor_key), sum(amount_usd) FROM events_clean GROUP BY 1""",
+    "join of two relations": """
+        SELECT s.session_date, count(*), sum(s.events), any_value(d.dau) FROM sessions s
+        JOIN daily_active_users d ON d.activity_date = s.session_date GROUP BY 1""",
+}
+
+
+# --- workers: each runs in its own process, prints one JSON line ------------------------------------
+
+
+def _days(n: int) -> list[str]:
+    return [(START + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def worker_ours(db: str, days: int, per_partition: bool) -> dict:
+    """Both passes of the daily assets through Dagster in-process: one ranged run, or one run per day."""
+    import dagster as dg
+    import duckdb
+
+    from definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    keys = [dg.AssetKey(n) for n in DAILY]
+    instance = dg.DagsterInstance.ephemeral()
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    partitions = _days(days)
+
+    def run(**kw) -> str:
+        result = job.execute_in_process(instance=instance, asset_selection=keys, run_config=quiet, **kw)
+        return result.run_id
+
+    passes, run_ids = [], []
+    for _ in ("load", "backfill"):
+        started = time.perf_counter()
+        if per_partition:
+            ids = [run(partition_key=p) for p in partitions]
+        else:
+            range_tags = {"dagster/asset_partition_range_start": partitions[0]}
+            range_tags["dagster/asset_partition_range_end"] = partitions[-1]
+            ids = [run(tags=range_tags)]
+        passes.append(time.perf_counter() - started)
+        run_ids.append(ids)
+    with duckdb.connect(db, read_only=True) as con:
+        timings = con.execute(
+            "SELECT asset, sum((params->>'$.timings_s.transform')::DOUBLE), "
+            "sum((params->>'$.timings_s.audit')::DOUBLE), sum(row_count) FROM bfa.ledger "
+            "WHERE run_id IN (SELECT unnest(?)) AND action = 'publish' GROUP BY 1",
+            [run_ids[-1]],
+        ).fetchall()
+    return {
+        "seconds": passes,
+        "runs": len(run_ids[-1]),
+        "assets": {a: {"transform_s": t, "audit_s": c, "rows": int(n)} for a, t, c, n in timings},
+    }
+
+
+def worker_bare(db: str, days: int) -> dict:
+    """The same SQL, twice, into plain tables of one connection: delete the window, insert it."""
+    import duckdb
+
+    from backfill_assets import quote_ident, warehouse
+    from backfill_assets.publish import TransformContext
+    from product_analytics import source, tables
+
+    pipeline = [  # the transforms and params build_assets() gives the daily assets
+        (tables.raw_events_spec, source.raw_events, {"events_per_day": source.events_per_day()}),
+        (tables.events_clean_spec, tables.EVENTS_CLEAN_SQL, {"salt": tables.pseudonym_salt()}),
+        (tables.sessions_spec, tables.SESSIONS_SQL, {}),
+        (tables.daily_active_users_spec, tables.DAU_SQL, {}),
+        (tables.funnel_daily_spec, tables.FUNNEL_SQL, {}),
+        (tables.revenue_daily_spec, tables.REVENUE_DAILY_SQL, {}),
+    ]
+    keys = _days(days)
+    window = {"start": START, "end": START + dt.timedelta(days=days)}
+    passes, assets = [], {}
+    limit = os.environ.get("BACKFILL_ASSETS_MEMORY_LIMIT")
+    with duckdb.connect(db, config={"memory_limit": limit} if limit else {}) as con:
+        for _ in ("load", "backfill"):
+            started = time.perf_counter()
+            for spec, transform, params in pipeline:
+                step_started = time.perf_counter()
+                if callable(transform):
+                    rel = transform(TransformContext(con, window["start"], window["end"], keys, params))
+                else:
+                    rel = con.sql(transform, params=warehouse.sql_params(transform, {**params, **window}))
+                rel.create_view("_src", replace=True)
+                table, column = quote_ident(spec.name), quote_ident(spec.partition_column)
+                con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS FROM _src LIMIT 0")
+                con.execute("BEGIN")
+                con.execute(f"DELETE FROM {table} WHERE {column} >= $start AND {column} < $end", window)
+                con.execute(f"INSERT INTO {table} FROM _src")
+                con.execute("COMMIT")
+                assets[spec.name] = {"seconds": time.perf_counter() - step_started}
+            passes.append(time.perf_counter() - started)
+    return {"seconds": passes, "assets": assets}
+
+
+def worker_read(ours: str, bare: str, repeat: int) -> dict:
+    """Each query on both warehouses, alternating, `repeat` times after a warm-up; medians."""
+    import duckdb
+
+    cons = {"ours": duckdb.connect(ours, read_only=True), "bare": duckdb.connect(bare, read_only=True)}
+    content = "SELECT count(*), sum(hash(*COLUMNS(*))) FROM {}"
+    same = {name: len({c.execute(content.format(name)).fetchall()[0] for c in cons.values()}) == 1 for name in DAILY}
+    out = {}
+    for label, sql in QUERIES.items():
+        times: dict[str, list[float]] = {"ours": [], "bare": []}
+        for i in range(repeat + 1):
+            for side, con in cons.items():
+                started = time.perf_counter()
+                con.execute(sql).fetchall()
+                if i:
+                    times[side].append(time.perf_counter() - started)
+        out[label] = {side: statistics.median(t) for side, t in times.items()}
+    return {"queries": out, "same_rows": same}
+
+
+def _worker_main(args: argparse.Namespace) -> None:
+    if args.worker == "ours":
+        result = worker_ours(args.db, args.days, per_partition=False)
+    elif args.worker == "per-partition":
+        result = worker_ours(args.db, args.days, per_partition=True)
+    elif args.worker == "bare":
+        result = worker_bare(args.db, args.days)
+    else:
+        result = worker_read(args.db, args.bare_db, args.repeat)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result, default=str))
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+
+def spawn(kind: str, db: Path, *, days: int = 0, events: int, extra: tuple[str, ...] = ()) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}  # ephemeral instance
+    env.update(BACKFILL_ASSETS_DB=str(db), BACKFILL_ASSETS_DEMO_EVENTS_PER_DAY=str(events))
+    cmd = [sys.executable, __file__, "--worker", kind, "--db", str(db), "--days", str(days), *extra]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)  # noqa: S603 -- our own script
+    if proc.returncode:
+        sys.exit(f"benchmark worker {kind} ({days} days) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    import duckdb
+
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def measure(events: int, lengths: list[int], ranged_days: int, ranged_events: int, repeat: int, tmp: Path) -> dict:
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    results: dict = {"events_per_day": events, "scaling": {}}
+    for days in lengths:
+        say(f"{days} days x {events:,} events/day: ours ...")
+        ours = spawn("ours", tmp / f"ours-{days}.duckdb", days=days, events=events)
+        say(f"{days} days x {events:,} events/day: bare ...")
+        bare = spawn("bare", tmp / f"bare-{days}.duckdb", days=days, events=events)
+        results["scaling"][days] = {"ours": ours, "bare": bare}
+    longest = max(lengths)
+    results["ranged"] = {}
+    for n in sorted({ranged_events, events}):
+        say(f"{ranged_days} days x {n:,} events/day, one run per partition and one ranged run ...")
+        results["ranged"][n] = {
+            "per_partition": spawn("per-partition", tmp / f"per-partition-{n}.duckdb", days=ranged_days, events=n),
+            "ranged": spawn("ours", tmp / f"ranged-{n}.duckdb", days=ranged_days, events=n),
+        }
+    say("read queries ...")
+    extra = ("--bare-db", str(tmp / f"bare-{longest}.duckdb"), "--repeat", str(repeat))
+    results["read"] = spawn("read", tmp / f"ours-{longest}.duckdb", events=events, extra=extra)
+    return results
+
+
+def summarise(results: dict) -> dict:
+    """The ratios the targets are about, from the raw figures."""
+    scaling = results["scaling"]
+    longest = scaling[max(scaling)]
+    ours, bare = longest["ours"], longest["bare"]
+    read = results["read"]["queries"]
+    ranged = results["ranged"]
+    return {
+        "overhead_load": ours["seconds"][0] / bare["seconds"][0],
+        "overhead_backfill": ours["seconds"][1] / bare["seconds"][1],
+        "ranged_speedup": {n: r["per_partition"]["seconds"][1] / r["ranged"]["seconds"][1] for n, r in ranged.items()},
+        "check_cost": {a: v["audit_s"] / v["transform_s"] for a, v in ours["assets"].items()},
+        "read_overhead": {q: t["ours"] / t["bare"] for q, t in read.items()},
+        "rss_gib": ours["peak_rss_mib"] / 1024,
+        "seconds_per_day": {d: {s: r[s]["seconds"][1] / d for s in ("ours", "bare")} for d, r in scaling.items()},
+        "same_rows": all(results["read"]["same_rows"].values()),
+    }
+
+
+def report(results: dict, summary: dict) -> str:
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    scaling = results["scaling"]
+    longest = max(scaling)
+    per_day = summary["seconds_per_day"].items()
+    lines = [
+        f"Daily reference assets ({len(DAILY)}), {results['events_per_day']:,} raw events/day, "
+        f"on {results['machine']['cores']} cores / {results['machine']['memory_gib']} GiB",
+        "",
+        f"{'days':>5} {'ours load':>10} {'bare load':>10} {'ratio':>6} {'ours bf':>9} {'bare bf':>9} {'ratio':>6}"
+        f" {'s/day ours':>11} {'peak RSS':>9}",
+    ]
+    for days, r in scaling.items():
+        o, b = r["ours"]["seconds"], r["bare"]["seconds"]
+        lines.append(
+            f"{days:>5} {o[0]:>9.1f}s {b[0]:>9.1f}s {o[0] / b[0]:>6.2f} {o[1]:>8.1f}s {b[1]:>8.1f}s {o[1] / b[1]:>6.2f}"
+            f" {o[1] / days:>10.3f}s {r['ours']['peak_rss_mib']:>6.0f}MiB"
+        )
+    t = TARGETS
+    lines += [
+        "",
+        f"1. overhead ours/bare at {longest} days: load {summary['overhead_load']:.2f}, "
+        f"backfill {summary['overhead_backfill']:.2f} (target <= {t['overhead']}) "
+        f"{verdict(max(summary['overhead_load'], summary['overhead_backfill']) <= t['overhead'])}",
+        f"2. ranged vs per-partition (target >= {t['ranged_speedup']:.0f}x):",
+    ]
+    for n, r in results["ranged"].items():
+        pp, speedup = r["per_partition"], summary["ranged_speedup"][n]
+        lines.append(
+            f"     {n:>7,} events/day, {pp['runs']} days: {pp['seconds'][1]:.1f}s in {pp['runs']} runs vs "
+            f"{r['ranged']['seconds'][1]:.1f}s in 1 run = {speedup:.1f}x {verdict(speedup >= t['ranged_speedup'])}"
+        )
+    lines += [
+        f"3. check cost, audit/transform per asset (target <= {t['check_cost']}):",
+    ]
+    for asset, ratio in summary["check_cost"].items():
+        a = scaling[longest]["ours"]["assets"][asset]
+        lines.append(
+            f"     {asset:<20} {a['audit_s']:>7.2f}s / {a['transform_s']:>7.2f}s = {ratio:.2f} "
+            f"{verdict(ratio <= t['check_cost'])}"
+        )
+    lines.append(f"4. read overhead, published relation / plain table (target <= {t['read_overhead']}):")
+    for q, ratio in summary["read_overhead"].items():
+        times = results["read"]["queries"][q]
+        lines.append(
+            f"     {q:<22} {times['ours'] * 1000:>8.1f}ms / {times['bare'] * 1000:>8.1f}ms = {ratio:.2f} "
+            f"{verdict(ratio <= t['read_overhead'])}"
+        )
+    lines += [
+        f"   same rows in both warehouses: {'yes' if summary['same_rows'] else 'NO'}",
+        f"5. peak RSS of the {longest}-day run: {summary['rss_gib']:.2f} GiB (target <= {t['rss_gib']}) "
+        f"{verdict(summary['rss_gib'] <= t['rss_gib'])}",
+        "6. scaling, backfill seconds per day: "
+        + ", ".join(f"{d} days {v['ours']:.3f}s (bare {v['bare']:.3f}s)" for d, v in per_day),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: 1,000 events/day, 3 and 7 days")
+    parser.add_argument("--events-per-day", type=int, default=100_000)
+    parser.add_argument("--days", default="31,90,365", help="run lengths for overhead and scaling")
+    parser.add_argument("--ranged-days", type=int, default=31, help="days of the ranged vs per-partition run")
+    parser.add_argument("--ranged-events", type=int, default=2000, help="the other scale of that comparison")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions of each read query")
+    parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory_limit of every run (ours and bare)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-db", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.days = int(args.days)
+        return _worker_main(args)
+    if args.smoke:
+        args.events_per_day, args.days, args.ranged_days, args.ranged_events, args.repeat = 1000, "3,7", 3, 500, 1
+    lengths = sorted({int(d) for d in args.days.split(",")})
+    os.environ["BACKFILL_ASSETS_MEMORY_LIMIT"] = args.memory_limit  # the workers inherit it
+    with tempfile.TemporaryDirectory(prefix="bfa-bench-") as tmp:
+        results = measure(args.events_per_day, lengths, args.ranged_days, args.ranged_events, args.repeat, Path(tmp))
+    results["machine"] = machine()
+    results["memory_limit"] = args.memory_limit
+    results["when"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results["summary"] = summarise(results)
+    print(report(results, results["summary"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
