@@ -1,17 +1,11 @@
 """A backfill of every reference asset over January 2025, launched on a real `dagster dev` through the
 GraphQL API the UI uses: the daemon runs it with the shipped instance config (one DuckDB writer pool)."""
 
-import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
+import dagster_helpers as helpers
 import duckdb
 import pytest
 
@@ -37,87 +31,14 @@ mutation($params: LaunchBackfillParams!) {
     ... on InvalidSubsetError { message }
   }
 }"""
-STATUS = """
-query($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    ... on PartitionBackfill { status runs(limit: 100) { runId status } }
-  }
-}"""
-RUN_LOGS = """
-query($runId: ID!) {
-  logsForRun(runId: $runId) { ... on EventConnection { events { __typename ... on MessageEvent { message } } } }
-}"""
-
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(url: str, query: str, variables: dict) -> dict:
-    body = json.dumps({"query": query, "variables": variables}).encode()
-    request = urllib.request.Request(f"{url}/graphql", body, {"Content-Type": "application/json"})  # noqa: S310
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback URL built here)
-        payload = json.load(response)
-    assert "errors" not in payload, payload
-    return payload["data"]
 
 
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("dagster_dev")
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "instance" / "dagster.yaml", home / "dagster.yaml")
-    db = tmp_path / "warehouse.duckdb"
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "BACKFILL_ASSETS_DB": str(db),
-        "BACKFILL_ASSETS_DEMO_EVENTS_PER_DAY": "300",
-    }
-    log = open(tmp_path / "dagster_dev.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=2)  # noqa: S310
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "dagster dev did not start within 120 s"
-                time.sleep(1)
-        yield url, db, tmp_path / "dagster_dev.log", home
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    with helpers.dagster_dev(tmp_path, helpers.dagster_env(tmp_path)) as dev:
+        yield dev
 
 
 def _launch(url: str, title: str, ranges: dict[str, tuple[str, str]]) -> str:
@@ -128,38 +49,24 @@ def _launch(url: str, title: str, ranges: dict[str, tuple[str, str]]) -> str:
             for asset, (start, end) in ranges.items()
         ],
     }
-    launched = _graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
+    launched = helpers.graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
 
 
-def _wait(url: str, backfill_id: str) -> dict:
-    deadline = time.monotonic() + 420
-    while True:
-        backfill = _graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        if backfill["status"] not in ("REQUESTED", "CANCELING"):
-            return backfill
-        assert time.monotonic() < deadline, f"backfill still {backfill['status']} after 7 minutes"
-        time.sleep(3)
-
-
 def _messages(url: str, runs: list[dict]) -> list[str]:
-    return [
-        e.get("message") or ""
-        for r in runs
-        for e in _graphql(url, RUN_LOGS, {"runId": r["runId"]})["logsForRun"]["events"]
-    ]
+    return [e.get("message") or "" for r in runs for e in helpers.run_events(url, r["runId"])]
 
 
 def test_ui_backfill_of_all_assets_completes_with_green_checks_and_no_lock_errors(dagster_dev):
-    url, db, log_path, home = dagster_dev
-    backfill = _wait(url, _launch(url, "January rebuild", RANGES))
+    url, db = dagster_dev.url, dagster_dev.db
+    backfill = helpers.wait_for_backfill(url, _launch(url, "January rebuild", RANGES))
 
     runs = backfill["runs"]
     assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
     assert runs and all(r["status"] == "SUCCESS" for r in runs), runs
     messages = _messages(url, runs)
-    everything = "\n".join(messages) + log_path.read_text()
+    everything = "\n".join(messages) + dagster_dev.log()
     assert "Could not set lock" not in everything
     check_messages = [m for m in messages if m.startswith("Asset check")]
     assert check_messages and not any("did not pass" in m for m in check_messages)
@@ -182,15 +89,15 @@ def test_ui_backfill_of_all_assets_completes_with_green_checks_and_no_lock_error
 
 
 def test_two_overlapping_backfills_at_once_finish_and_the_later_publish_wins(dagster_dev):
-    url, db, log_path, _ = dagster_dev
+    url, db = dagster_dev.url, dagster_dev.db
     first = _launch(url, "first half", dict.fromkeys(DAILY, ("2025-01-01", "2025-01-20")))
     second = _launch(url, "second half", dict.fromkeys(DAILY, ("2025-01-10", "2025-01-31")))
-    backfills = [_wait(url, first), _wait(url, second)]
+    backfills = [helpers.wait_for_backfill(url, first), helpers.wait_for_backfill(url, second)]
 
     runs = [r for b in backfills for r in b["runs"]]
     assert all(b["status"] in ("COMPLETED", "COMPLETED_SUCCESS") for b in backfills), backfills
     assert runs and all(r["status"] == "SUCCESS" for r in runs), runs
-    assert "Could not set lock" not in "\n".join(_messages(url, runs)) + log_path.read_text()
+    assert "Could not set lock" not in "\n".join(_messages(url, runs)) + dagster_dev.log()
     con = duckdb.connect(str(db), read_only=True)
     try:
         # For every partition both backfills wrote, the ledger orders the two publishes and what consumers read
@@ -217,20 +124,8 @@ def test_two_overlapping_backfills_at_once_finish_and_the_later_publish_wins(dag
     assert all(actual[a][v][1] == hashes[v] for a, _, v in overlap)
 
 
-BACKFILL_TITLE = """
-query($id: String!) {
-  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { title description tags { key value } } }
-}"""
-
-
 def test_launch_runs_the_refunds_fix_brief_end_to_end(dagster_dev):
-    url, db, _, home = dagster_dev
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "BACKFILL_ASSETS_DB": str(db),
-        "BACKFILL_ASSETS_DEMO_EVENTS_PER_DAY": "300",
-    }
+    url, env = dagster_dev.url, dagster_dev.env
     cli = str(Path(sys.executable).parent / "backfill-assets")
     upstream = "key:raw_events or key:events_clean"
     seeded = subprocess.run(
@@ -260,7 +155,7 @@ def test_launch_runs_the_refunds_fix_brief_end_to_end(dagster_dev):
     assert "[##############################] 93/93 partitions published, 0 failed" in out
     assert "revenue_daily                90        90     0      0" in out
     assert "monthly_revenue               3         3     0      0" in out
-    backfill = _graphql(url, BACKFILL_TITLE, {"id": backfill_id})["partitionBackfillOrError"]
+    backfill = helpers.graphql(url, helpers.BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
     assert backfill["title"] == "[refunds-fix-2025q1] Net revenue with refunds joined, Q1 2025"
     assert {"key": "backfill_assets/brief", "value": "refunds-fix-2025q1"} in backfill["tags"]
     assert "| revenue_daily | selected | 2025-01-01..2025-03-31 (90) |" in backfill["description"]
