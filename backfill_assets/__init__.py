@@ -4,7 +4,7 @@ from .audit import CheckOutcome
 from .factory import POOL, consumer_specs, derived_asset
 from .publish import RunReport, TransformContext, audit_published, write_audit_publish
 from .spec import EMAIL, Column, Consumer, Invariant, Reconcile, SpecError, TableSpec, quote_ident
-from .warehouse import Warehouse, WarehouseLockTimeout, published_partitions
+from .warehouse import Warehouse, WarehouseError, WarehouseLockTimeout, published_partitions
 
 __all__ = [
     "EMAIL",
@@ -19,6 +19,7 @@ __all__ = [
     "TableSpec",
     "TransformContext",
     "Warehouse",
+    "WarehouseError",
     "WarehouseLockTimeout",
     "audit_published",
     "consumer_specs",

@@ -723,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         planning.PlanError,
         briefs.BriefError,
         history.HistoryError,
-        warehouse.WarehouseLockTimeout,
+        warehouse.WarehouseError,
     ) as e:
         message = str(e)
         if getattr(args, "changes_history", False) and "Nothing was changed" not in message:

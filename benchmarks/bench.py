@@ -311,7 +311,7 @@ def main() -> None:
     parser.add_argument("--ranged-days", type=int, default=31, help="days of the ranged vs per-partition run")
     parser.add_argument("--ranged-events", type=int, default=2000, help="the other scale of that comparison")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions of each read query")
-    parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory_limit of every run (ours and bare)")
+    parser.add_argument("--memory-limit", default="1500MB", help="DuckDB memory_limit of every run (ours and bare)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ import resource
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -205,6 +206,37 @@ def test_missing_warehouse_is_reported_and_not_created(tmp_path, monkeypatch, ca
         assert cli.main([*argv, "-f", DEFINITIONS]) == cli.EXIT_USAGE
         assert "no warehouse with published data" in capsys.readouterr().err
     assert not missing.exists()
+
+
+@contextmanager
+def read_only(path: Path):
+    """Make `path` unwritable for this process: chmod for a normal user; root ignores modes, so for root the
+    file is made immutable (chattr +i) for the duration."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(0o644)
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root without chattr +i: cannot make a file read-only here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_warehouse_fails_clearly_and_changes_nothing(db, capsys):
+    before = fingerprint(db)
+    with read_only(db):
+        code = cli.main(["materialize", "-f", DEFINITIONS, "--select", "key:raw_events", *RANGE])
+        out = capsys.readouterr()
+        assert code == cli.EXIT_HELD
+        assert f"cannot open DuckDB file {db} for writing" in out.out and "Nothing was changed" in out.out
+        assert cli.main(["rollback", "sessions", "--partition", "2025-01-02", "-f", DEFINITIONS]) == cli.EXIT_USAGE
+        assert "cannot open DuckDB file" in capsys.readouterr().err
+    assert fingerprint(db) == before
 
 
 def _materialize_with_file_size_limit(db: Path, limit_bytes: int) -> subprocess.CompletedProcess:
