@@ -40,7 +40,7 @@ test: lint
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench.py
 
-# 50 SIGKILLs, 300 state-machine histories and the bad-input corpus, then a report (about 15 minutes).
+# 50 SIGKILLs, 300 state-machine histories and the bad-input corpus, then a report (about 9 minutes).
 reliability: $(BIN)/.installed
 	$(BIN)/python scripts/reliability.py
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import backfill_assets as bfa
-from backfill_assets import history
+from backfill_assets import factory, history
 from backfill_assets import warehouse as wh
 
 KEYS = ["2025-01-01", "2025-01-02", "2025-01-03", "2025-01-04"]
@@ -199,3 +199,14 @@ def test_every_ledger_entry_says_who_when_and_why(tmp_path):
     assert entries[3][1:4:2] == ("carol", "the new totals are right")
     assert entries[4][1:4:2] == ("dave", "finance asked")
     assert entries[5][3] == "retention" and entries[6][3] == "staged by a run that did not finish"
+
+
+def test_a_runs_actor_and_reason_come_from_its_brief_its_backfill_or_the_run():
+    def who(**tags):
+        return factory._who_and_why(dg.DagsterRun(job_name="__ASSET_JOB", run_id="r1", tags=tags))
+
+    brief = who(**{factory.BRIEF_TAG: "refunds-fix-2025q1", factory.OWNER_TAG: "team:finance-analytics"})
+    assert brief == {"actor": "team:finance-analytics", "reason": "backfill brief refunds-fix-2025q1"}
+    backfill = who(**{"dagster/backfill": "abc", "dagster/user": "ana"})
+    assert backfill == {"actor": "ana", "reason": "Dagster backfill abc"}
+    assert who() == {"actor": None, "reason": "run r1"}  # the ledger then records the OS user
