@@ -214,11 +214,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     defs = load_definitions(args.file)
     graph = defs.resolve_asset_graph()
-    con = _read_warehouse(defs)
+    con = _read_warehouse(defs, required=args.stale)  # --stale reads the published code versions
     try:
         if args.stale:
-            if con is None:
-                _read_warehouse(defs, required=True)
             seeds, reasons = planning.stale_seeds(graph, con)
             description = "partitions published under an older code version"
         else:
