@@ -3,7 +3,7 @@
 from .audit import CheckOutcome
 from .factory import POOL, consumer_specs, derived_asset
 from .publish import RunReport, TransformContext, audit_published, write_audit_publish
-from .spec import EMAIL, Column, Consumer, Invariant, Reconcile, SpecError, TableSpec, quote_ident
+from .spec import EMAIL, Column, Consumer, Invariant, Pattern, Reconcile, SpecError, TableSpec, quote_ident
 from .warehouse import Warehouse, WarehouseError, WarehouseLockTimeout, published_partitions
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Column",
     "Consumer",
     "Invariant",
+    "Pattern",
     "Reconcile",
     "RunReport",
     "SpecError",

@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pandera.pandas as pa
 
-from .spec import Invariant, Reconcile, TableSpec, quote_ident
+from .spec import Invariant, Pattern, Reconcile, TableSpec, quote_ident
 from .warehouse import describe, sql_params
 
 SAMPLE_ROWS = 5
@@ -41,6 +41,7 @@ class CheckOutcome:
     summary: str
     figures: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # how long it took (its share of the one profile scan not counted)
 
 
 def check_names(spec: TableSpec) -> list[str]:
@@ -60,14 +61,13 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapp
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
-def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcome:
+def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec, null_keys: int) -> CheckOutcome:
+    """`null_keys`: rows of ``candidate`` with a NULL grain column (counted by :func:`profile_aggregates`)."""
     keys = ", ".join(quote_ident(c) for c in spec.grain)
-    any_null = " OR ".join(f"{quote_ident(c)} IS NULL" for c in spec.grain)
     dup_keys, extra_rows = con.execute(
         f"SELECT count(*), coalesce(sum(n - 1), 0) FROM "
         f"(SELECT count(*) AS n FROM candidate GROUP BY {keys} HAVING count(*) > 1)"
     ).fetchall()[0]
-    null_keys = con.execute(f"SELECT count(*) FROM candidate WHERE {any_null}").fetchall()[0][0]
     figures = {"duplicate_keys": dup_keys, "duplicate_rows": int(extra_rows), "null_key_rows": null_keys}
     failures: list[dict] = []
     if dup_keys:
@@ -78,7 +78,7 @@ def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> CheckOutcom
         )
     if null_keys:  # grain and partition columns only: samples land in Dagster's event log
         shown = ", ".join(quote_ident(c) for c in dict.fromkeys([*spec.grain, spec.partition_column]))
-        failures += _rows(con, f"SELECT {shown} FROM candidate WHERE {any_null} LIMIT {SAMPLE_ROWS}")
+        failures += _rows(con, f"SELECT {shown} FROM candidate WHERE {_any_null(spec.grain)} LIMIT {SAMPLE_ROWS}")
     grain = "(" + ", ".join(spec.grain) + ")"
     if dup_keys or null_keys:
         summary = (
@@ -161,21 +161,33 @@ def _null_bounds(spec: TableSpec) -> dict[str, float]:
 
 def profile_aggregates(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> tuple[dict[tuple, str], dict[str, Any]]:
     """What the checks need per partition, as SQL aggregates (and their bound values) the publish step computes
-    in the same scan that hashes each version: ("metric", name) -> the spec's metric; ("nulls", column) -> NULL
-    count of a column with a null bound (a bounded column missing from ``candidate`` is the schema check's
-    finding); ("private", label, column) -> values of a text column that look like that personal data."""
+    in the same scan that hashes each version: ("metric", name) -> the spec's metric; ("null_keys",) -> rows
+    with a NULL grain column; ("nulls", column) -> NULL count of a column with a null bound (a bounded column
+    missing from ``candidate`` is the schema check's finding); ("private", label, column) -> values of a text
+    column that look like that personal data."""
     present = dict(describe(con, "SELECT * FROM candidate"))
     out: dict[tuple, str] = {("metric", n): expr for n, expr in spec.metrics.items()}
+    out[("null_keys",)] = f"count(*) FILTER (WHERE {_any_null(spec.grain)})"
     out.update(
         {("nulls", c): f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in _null_bounds(spec) if c in present}
     )
     text = [c for c, t in present.items() if t == "VARCHAR"]
-    params = {f"_bfa_pd{i}": pattern for i, pattern in enumerate(spec.personal_data.values())} if text else {}
-    for label, param in zip(spec.personal_data, params, strict=False):
-        out.update(
-            {("private", label, c): f"count(*) FILTER (WHERE regexp_matches({quote_ident(c)}, ${param}))" for c in text}
-        )
+    params: dict[str, Any] = {}
+    for i, (label, pattern) in enumerate(spec.personal_data.items() if text else ()):
+        pattern = pattern if isinstance(pattern, Pattern) else Pattern(pattern)
+        params[f"_bfa_re{i}"] = pattern.regex
+        if pattern.needs:
+            params[f"_bfa_needs{i}"] = pattern.needs
+        for c in text:
+            looks = f"regexp_matches({quote_ident(c)}, $_bfa_re{i})"
+            if pattern.needs:  # CASE, not AND: only CASE skips the regex for the values without `needs`
+                looks = f"CASE WHEN contains({quote_ident(c)}, $_bfa_needs{i}) THEN {looks} ELSE false END"
+            out[("private", label, c)] = f"count(*) FILTER (WHERE {looks})"
     return out, params
+
+
+def _any_null(columns: Sequence[str]) -> str:
+    return " OR ".join(f"{quote_ident(c)} IS NULL" for c in columns)
 
 
 def profiled_metrics(values: Mapping[tuple, Any]) -> dict[str, Any]:

@@ -138,14 +138,18 @@ class Warehouse(DuckDBResource):
 def connect(
     path: str, config: dict[str, Any] | None = None, lock_timeout_s: float = 600.0, read_only: bool = False
 ) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse, waiting for another writer to let go of the file."""
+    """Open the warehouse, waiting for another writer to let go of the file.
+
+    Rows are written without preserving insertion order (`config` may say otherwise): SQL never promised an
+    order, and keeping it buffers large inserts in memory (DuckDB's advice for out-of-memory errors)."""
+    config = {"preserve_insertion_order": False, **(config or {})}
     if path != ":memory:" and not read_only:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     deadline = time.monotonic() + lock_timeout_s
     next_note = 0.0
     while True:
         try:
-            con = duckdb.connect(path, read_only=read_only, config=dict(config or {}))
+            con = duckdb.connect(path, read_only=read_only, config=config)
             break
         except duckdb.IOException as e:
             if "lock" not in str(e).lower():  # read-only or missing file, a directory, no space ...

@@ -140,6 +140,15 @@ def dagster_dev(tmp_path: Path, env: Mapping[str, str], start_timeout_s: float =
                 proc.wait()
 
 
+def run_cli(env: Mapping[str, str], *args: str, timeout_s: float = 300) -> str:
+    """`backfill-assets *args` from the project root; asserts it succeeds and returns what it printed."""
+    done = subprocess.run(  # noqa: S603 -- our own CLI
+        [str(BIN / "backfill-assets"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def wait_for_backfill(url: str, backfill_id: str, timeout_s: float = 420, poll_s: float = 2) -> dict:
     """The backfill once it is no longer requested or canceling (completed, failed or canceled)."""
     deadline = time.monotonic() + timeout_s

@@ -29,6 +29,9 @@ def test_benchmark_smoke(tmp_path):
     assert longest["runs"] == 1
     assert set(longest["assets"]) == DAILY
     assert all(a["rows"] > 0 and a["transform_s"] > 0 and a["audit_s"] > 0 for a in longest["assets"].values())
+    for asset in longest["assets"].values():  # the audit's breakdown: its one profile scan and each check
+        assert {"unique_grain", "complete", "reconciled", "schema"} <= set(asset["checks_s"])
+        assert 0 < asset["profile_s"] + sum(asset["checks_s"].values()) <= asset["audit_s"]
     assert set(summary["check_cost"]) == DAILY
     for scale in results["ranged"].values():
         assert (scale["per_partition"]["runs"], scale["ranged"]["runs"]) == (3, 1)

@@ -1,8 +1,6 @@
 """A backfill of every reference asset over January 2025, launched on a real `dagster dev` through the
 GraphQL API the UI uses: the daemon runs it with the shipped instance config (one DuckDB writer pool)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster_helpers as helpers
@@ -126,29 +124,11 @@ def test_two_overlapping_backfills_at_once_finish_and_the_later_publish_wins(dag
 
 def test_launch_runs_the_refunds_fix_brief_end_to_end(dagster_dev):
     url, env = dagster_dev.url, dagster_dev.env
-    cli = str(Path(sys.executable).parent / "backfill-assets")
     upstream = "key:raw_events or key:events_clean"
-    seeded = subprocess.run(
-        [cli, "materialize", "--select", upstream, "--from", "2025-01-01", "--to", "2025-03-31"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    helpers.run_cli(env, "materialize", "--select", upstream, "--from", "2025-01-01", "--to", "2025-03-31")
 
-    done = subprocess.run(
-        [cli, "launch", "backfills/refunds-fix-2025q1.yaml", "--url", url, "--wait", "--poll-seconds", "1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
+    brief = "backfills/refunds-fix-2025q1.yaml"
+    out = helpers.run_cli(env, "launch", brief, "--url", url, "--wait", "--poll-seconds", "1", timeout_s=600)
     assert "Preflight" not in out  # a passing preflight launches without ceremony
     backfill_id = out.split("Launched backfill ", 1)[1].split()[0]
     assert f"{url}/runs/b/{backfill_id}" in out

@@ -21,7 +21,6 @@ the page as it was when a step failed.
 
 import os
 import re
-import subprocess
 import time
 from datetime import date, timedelta
 from decimal import Decimal
@@ -32,12 +31,12 @@ import duckdb
 import pytest
 from dagster_helpers import (
     BACKFILL,
-    BIN,
     ROOT,
     assert_idle,
     dagster_dev,
     dagster_env,
     graphql,
+    run_cli,
     run_events,
     wait_for_backfill,
     wait_for_run,
@@ -87,26 +86,9 @@ def dev(tmp_path_factory):
     """`dagster dev` on a warehouse seeded over Q1 2025 by the code from before the refunds fix."""
     tmp = tmp_path_factory.mktemp("e2e")
     env = dagster_env(tmp)
-    seeded = subprocess.run(
-        [
-            str(BIN / "backfill-assets"),
-            "materialize",
-            "-f",
-            str(ROOT / "product_analytics" / "legacy.py"),
-            "--select",
-            "key:raw_events or key:events_clean or key:revenue_daily+",
-            "--from",
-            SEEDED[0],
-            "--to",
-            SEEDED[1],
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    legacy = str(ROOT / "product_analytics" / "legacy.py")
+    upstream = "key:raw_events or key:events_clean or key:revenue_daily+"
+    run_cli(env, "materialize", "-f", legacy, "--select", upstream, "--from", SEEDED[0], "--to", SEEDED[1])
     with dagster_dev(tmp, env) as running:
         graphql(running.url, "mutation { setNuxSeen }")  # no "join the community" dialog over the pages
         yield running
@@ -462,17 +444,9 @@ def test_6_revenue_daily_lineage_shows_upstream_downstream_and_consumers(dev, pa
 
 def test_7_the_brief_blast_radius_and_change_note_render_in_the_ui(dev, page, artifacts):
     assert_idle(dev.url)
-    done = subprocess.run(
-        [str(BIN / "backfill-assets"), "launch", f"backfills/{BRIEF}.yaml", "--url", dev.url, "--wait"]
-        + ["--poll-seconds", "2"],
-        cwd=ROOT,
-        env=dev.env,
-        capture_output=True,
-        text=True,
-        timeout=480,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    backfill_id = done.stdout.split("Launched backfill ", 1)[1].split()[0]
+    brief = f"backfills/{BRIEF}.yaml"
+    out = run_cli(dev.env, "launch", brief, "--url", dev.url, "--wait", "--poll-seconds", "2", timeout_s=480)
+    backfill_id = out.split("Launched backfill ", 1)[1].split()[0]
     backfill = graphql(dev.url, BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
 

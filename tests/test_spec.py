@@ -1,7 +1,7 @@
 import dagster as dg
 import pytest
 
-from backfill_assets import Column, Invariant, Reconcile, SpecError, TableSpec, quote_ident
+from backfill_assets import Column, Invariant, Pattern, Reconcile, SpecError, TableSpec, quote_ident
 
 DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01")
 
@@ -48,6 +48,8 @@ def test_valid_spec_derives_single_run_backfill_policy():
         ({"rules": [Invariant("r", "SELECT 1"), Invariant("r", "SELECT 2")]}, "rule names must be unique"),
         ({"partitions_per_run": 0}, "at least 1"),
         ({"grain": ["id; drop"]}, "not a valid identifier"),
+        ({"personal_data": {"email": "[a-z"}}, "personal_data 'email' is not a regular expression"),
+        ({"personal_data": {"email": Pattern("[a-z", needs="@")}}, "personal_data 'email' is not a regular"),
     ],
 )
 def test_invalid_specs_name_the_table_and_the_fix(overrides, message):
