@@ -149,7 +149,8 @@ def worker_read(ours: str, bare: str, repeat: int) -> dict:
     """Each query on both warehouses, alternating, `repeat` times after a warm-up; medians."""
     import duckdb
 
-    cons = {"ours": duckdb.connect(ours, read_only=True), "bare": duckdb.connect(bare, read_only=True)}
+    config = {"memory_limit": os.environ["BACKFILL_ASSETS_MEMORY_LIMIT"]}
+    cons = {side: duckdb.connect(db, read_only=True, config=config) for side, db in (("ours", ours), ("bare", bare))}
     content = "SELECT count(*), sum(hash(*COLUMNS(*))) FROM {}"
     same = {name: len({c.execute(content.format(name)).fetchall()[0] for c in cons.values()}) == 1 for name in DAILY}
     out = {}
