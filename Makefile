@@ -36,7 +36,7 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest
 
-# Not part of `make test` (30 to 50 minutes at 100k events/day); tests/test_bench.py runs its --smoke mode.
+# Not part of `make test` (about 45 minutes at 100k events/day); tests/test_bench.py runs its --smoke mode.
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench.py
 

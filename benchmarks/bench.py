@@ -2,7 +2,7 @@
 run bare in DuckDB, side by side on one machine. Every measurement runs in its own process on its own
 warehouse under a temporary directory. Prints a table and writes benchmarks/results/latest.json.
 
-    python benchmarks/bench.py                 # 100k raw events/day; 31, 90 and 365 days (30-50 min)
+    python benchmarks/bench.py                 # 100k raw events/day; 31, 90 and 365 days (~45 min)
     python benchmarks/bench.py --smoke         # tiny: checks that every measurement runs (make test)
 
 Measured (targets from the performance issue):
