@@ -327,14 +327,18 @@ def _version_filter(versions: Sequence[int]) -> str:
     return f"{VERSION_COLUMN} IN ({', '.join(str(int(v)) for v in versions)})" if versions else "false"
 
 
+def _data_columns(con: duckdb.DuckDBPyConnection, asset: str) -> str:
+    """The version table's current columns but the version column, quoted and listed for a SELECT."""
+    columns = describe(con, f"SELECT * FROM {version_table(asset)}")
+    return ", ".join(quote_ident(c) for c, _ in columns if c != VERSION_COLUMN)
+
+
 def _create_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
     """(Re)create the consumers' view: the published versions, listed as literals, with the table's current
     columns listed explicitly. Called when a table is created and by every pointer change in the same
     transaction (:func:`_point_to`), so the view always equals ``bfa.published``, and a column a held run
     added never shows up in what consumers read."""
-    columns = ", ".join(
-        quote_ident(c) for c, _ in describe(con, f"SELECT * FROM {version_table(asset)}") if c != VERSION_COLUMN
-    )
+    columns = _data_columns(con, asset)
     published = [
         r[0] for r in con.execute("SELECT version FROM bfa.published WHERE asset = ? ORDER BY 1", [asset]).fetchall()
     ]
@@ -347,12 +351,7 @@ def _create_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
 def create_candidate_views(con: duckdb.DuckDBPyConnection, asset: str, partition_column: str) -> None:
     """Temp views ``candidate`` (this run's in-window rows) and ``previous`` (what is published now
     for the same partitions), both without the version column."""
-    table = version_table(asset)
-    run = [r[0] for r in con.execute("SELECT version FROM _bfa_run ORDER BY 1").fetchall()]
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW candidate AS SELECT * EXCLUDE ({VERSION_COLUMN}) FROM {table} "
-        f"WHERE {_version_filter(run)}"
-    )
+    version_view(con, asset, "candidate", [r[0] for r in con.execute("SELECT version FROM _bfa_run").fetchall()])
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW previous AS SELECT * FROM main.{quote_ident(asset)} "
         f"WHERE {quote_ident(partition_column)} IN (SELECT partition_date FROM _bfa_run)"
@@ -452,9 +451,7 @@ def decide(
 def _create_candidate_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
     """``main.<asset>__candidate``: the newest parallel candidate of each partition (validated name, see
     _create_view)."""
-    columns = ", ".join(
-        quote_ident(c) for c, _ in describe(con, f"SELECT * FROM {version_table(asset)}") if c != VERSION_COLUMN
-    )
+    columns = _data_columns(con, asset)
     con.execute(
         f"CREATE OR REPLACE VIEW main.{quote_ident(asset + '__candidate')} AS SELECT {columns} "
         f"FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT max(version) FROM bfa.versions "

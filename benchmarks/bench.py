@@ -104,6 +104,11 @@ def worker_ours(db: str, days: int, per_partition: bool) -> dict:
     return {"seconds": passes, "runs": len(run_ids[-1]), "assets": assets}
 
 
+def _duckdb_config() -> dict:
+    """The bare and read workers' DuckDB settings: those warehouse.connect() gives ours."""
+    return {"memory_limit": os.environ["BACKFILL_ASSETS_MEMORY_LIMIT"], "preserve_insertion_order": False}
+
+
 def worker_bare(db: str, days: int) -> dict:
     """The same SQL, twice, into plain tables of one connection: delete the window, insert it."""
     import duckdb
@@ -123,8 +128,7 @@ def worker_bare(db: str, days: int) -> dict:
     keys = _days(days)
     window = {"start": START, "end": START + dt.timedelta(days=days)}
     passes, assets = [], {}
-    config = {"memory_limit": os.environ["BACKFILL_ASSETS_MEMORY_LIMIT"], "preserve_insertion_order": False}
-    with duckdb.connect(db, config=config) as con:  # as warehouse.connect() configures ours
+    with duckdb.connect(db, config=_duckdb_config()) as con:
         for _ in ("load", "backfill"):
             started = time.perf_counter()
             for spec, transform, params in pipeline:
@@ -149,8 +153,8 @@ def worker_read(ours: str, bare: str, repeat: int) -> dict:
     """Each query on both warehouses, alternating, `repeat` times after a warm-up; medians."""
     import duckdb
 
-    config = {"memory_limit": os.environ["BACKFILL_ASSETS_MEMORY_LIMIT"]}
-    cons = {side: duckdb.connect(db, read_only=True, config=config) for side, db in (("ours", ours), ("bare", bare))}
+    sides = (("ours", ours), ("bare", bare))
+    cons = {side: duckdb.connect(db, read_only=True, config=_duckdb_config()) for side, db in sides}
     content = "SELECT count(*), sum(hash(*COLUMNS(*))) FROM {}"
     same = {name: len({c.execute(content.format(name)).fetchall()[0] for c in cons.values()}) == 1 for name in DAILY}
     out = {}

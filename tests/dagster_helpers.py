@@ -142,7 +142,7 @@ def dagster_dev(tmp_path: Path, env: Mapping[str, str], start_timeout_s: float =
 
 def run_cli(env: Mapping[str, str], *args: str, timeout_s: float = 300) -> str:
     """`backfill-assets *args` from the project root; asserts it succeeds and returns what it printed."""
-    done = subprocess.run(  # noqa: S603 -- our own CLI
+    done = subprocess.run(
         [str(BIN / "backfill-assets"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
     )
     assert done.returncode == 0, done.stdout + done.stderr
