@@ -104,15 +104,15 @@ def worker_ours(db: str, days: int, per_partition: bool) -> dict:
     return {"seconds": passes, "runs": len(run_ids[-1]), "assets": assets}
 
 
-def _duckdb_config() -> dict:
-    """The bare and read workers' DuckDB settings: those warehouse.connect() gives ours."""
-    return {"memory_limit": os.environ["BACKFILL_ASSETS_MEMORY_LIMIT"], "preserve_insertion_order": False}
+def _connect(db: str, read_only: bool = False):
+    """The bare and read workers' connections: opened as ours are, so both sides run with the same settings."""
+    from backfill_assets import warehouse
+
+    return warehouse.connect(db, {"memory_limit": os.environ["BACKFILL_ASSETS_MEMORY_LIMIT"]}, read_only=read_only)
 
 
 def worker_bare(db: str, days: int) -> dict:
     """The same SQL, twice, into plain tables of one connection: delete the window, insert it."""
-    import duckdb
-
     from backfill_assets import quote_ident, warehouse
     from backfill_assets.publish import TransformContext
     from product_analytics import source, tables
@@ -128,7 +128,7 @@ def worker_bare(db: str, days: int) -> dict:
     keys = _days(days)
     window = {"start": START, "end": START + dt.timedelta(days=days)}
     passes, assets = [], {}
-    with duckdb.connect(db, config=_duckdb_config()) as con:
+    with _connect(db) as con:
         for _ in ("load", "backfill"):
             started = time.perf_counter()
             for spec, transform, params in pipeline:
@@ -151,10 +151,8 @@ def worker_bare(db: str, days: int) -> dict:
 
 def worker_read(ours: str, bare: str, repeat: int) -> dict:
     """Each query on both warehouses, alternating, `repeat` times after a warm-up; medians."""
-    import duckdb
-
     sides = (("ours", ours), ("bare", bare))
-    cons = {side: duckdb.connect(db, read_only=True, config=_duckdb_config()) for side, db in sides}
+    cons = {side: _connect(db, read_only=True) for side, db in sides}
     content = "SELECT count(*), sum(hash(*COLUMNS(*))) FROM {}"
     same = {name: len({c.execute(content.format(name)).fetchall()[0] for c in cons.values()}) == 1 for name in DAILY}
     out = {}
