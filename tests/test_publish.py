@@ -133,6 +133,47 @@ def test_rows_outside_the_window_fail_completeness(con):
     assert failed(report)["complete"].figures["rows_outside_window"] == 1
 
 
+MONTHLY_SQL = """
+SELECT strftime(d, '%Y%m') || '-' || i AS id, d::DATE AS d, (i + 1)::DECIMAL(18, 2) AS amount
+FROM range($start::DATE, $end::DATE, INTERVAL 1 MONTH) r(d), range(3) t(i)
+"""
+
+
+@pytest.mark.parametrize(
+    "partitions, sql, keys",
+    [
+        (DAILY, GOOD_SQL, [f"2025-01-0{d}" for d in (5, 4, 3, 2, 1)]),  # any order: staged in time order
+        (dg.MonthlyPartitionsDefinition(start_date="2025-01-01"), MONTHLY_SQL, [f"2025-0{m}-01" for m in range(1, 6)]),
+    ],
+)
+def test_a_long_range_is_staged_in_slices_with_the_same_result(tmp_path, partitions, sql, keys):
+    results = {}
+    for per_write in (31, 2):
+        con = wh.connect(str(tmp_path / f"{per_write}.duckdb"))
+        lines = []
+        report = wap(con, make_spec(partitions=partitions, partitions_per_write=per_write), sql, keys, log=lines.append)
+        assert report.published, report.failure_message()
+        window = con.execute("SELECT params->>'$.window.start', params->>'$.window.end' FROM bfa.ledger").fetchall()
+        results[per_write] = (view_rows(con), {k: h for k, (_, _, h) in report.partitions.items()}, window, lines)
+        con.close()
+    (rows, hashes, window, lines), (sliced_rows, sliced_hashes, sliced_window, sliced_lines) = results.values()
+    assert len(rows) == 15 and sliced_rows == rows and sliced_hashes == hashes and sliced_window == window
+    first, last = sorted(keys)[0], sorted(keys)[-1]
+    assert lines == [] and len(sliced_lines) == 3
+    assert sliced_lines[0].startswith(f"orders: staged {first}..{sorted(keys)[1]} (slice 1 of 3) in ")
+    assert sliced_lines[2].startswith(f"orders: staged {last}..{last} (slice 3 of 3) in ")
+
+
+def test_a_slice_rows_outside_its_own_partitions_are_strays(con):
+    ignores_window = GOOD_SQL.replace("$start::DATE, $end::DATE", "DATE '2025-01-01', DATE '2025-01-05'")
+    report = wap(con, make_spec(partitions_per_write=2), ignores_window, [*JAN_1_3, "2025-01-04"])
+    complete = failed(report)["complete"]
+    # Each slice returned all 12 rows: 6 in its partitions, 6 strays; no partition counted twice.
+    assert complete.figures["rows_outside_window"] == 12
+    assert {k: n for k, (_, n, _) in report.partitions.items()} == dict.fromkeys([*JAN_1_3, "2025-01-04"], 3)
+    assert view_rows(con) == []
+
+
 def test_row_count_change_beyond_tolerance_fails(con):
     wap(con, make_spec(), GOOD_SQL)
     fewer = GOOD_SQL.replace("range(3)", "range(1)")
@@ -203,17 +244,19 @@ def test_python_transform_returning_a_dataframe(con):
 
 
 @pytest.mark.parametrize(
-    "bad_sql",
+    "bad_sql, per_write",
     [
-        "SELECT no_such_column FROM range(1)",  # fails when bound
-        GOOD_SQL.replace("(i + 1)::DECIMAL", "('x' || i)::DECIMAL"),  # fails while rows are being written
+        ("SELECT no_such_column FROM range(1)", 31),  # fails when bound
+        (GOOD_SQL.replace("(i + 1)::DECIMAL", "('x' || i)::DECIMAL"), 31),  # fails while rows are being written
+        # fails in the last of three slices, after the first two were staged
+        (GOOD_SQL.replace("(i + 1)::DECIMAL", "(CASE WHEN d < DATE '2025-01-03' THEN '1' ELSE 'x' END)::DECIMAL"), 1),
     ],
 )
-def test_transform_error_leaves_no_staged_versions(con, bad_sql):
+def test_transform_error_leaves_no_staged_versions(con, bad_sql, per_write):
     wap(con, make_spec(), GOOD_SQL)
     before = view_rows(con)
     with pytest.raises(duckdb.Error):
-        wap(con, make_spec(), bad_sql, run_id="r2")
+        wap(con, make_spec(partitions_per_write=per_write), bad_sql, run_id="r2")
     assert statuses(con) == {"published": 3, "abandoned": 4}
     assert view_rows(con) == before
     assert wap(con, make_spec(), GOOD_SQL, run_id="r3").published
@@ -289,14 +332,16 @@ def test_reserved_names_are_refused():
         make_spec(name="ledger")
 
 
-def test_merge_by_key_keeps_or_deletes_missing_keys_as_declared(con):
+@pytest.mark.parametrize("per_write", [31, 1])  # one statement, or one per partition
+def test_merge_by_key_keeps_or_deletes_missing_keys_as_declared(con, per_write):
     wap(con, make_spec(columns={}), GOOD_SQL)  # ids 0..2 of each day
     only_first = GOOD_SQL.replace("range(3)", "range(1)").replace("(i + 1)", "(i + 10)")
-    keep = make_spec(columns={}, write_strategy="merge_by_key", missing_keys="keep")
-    assert wap(con, keep, only_first, run_id="r2").published
-    rows = dict(con.execute("SELECT id, amount FROM orders WHERE d = DATE '2025-01-01'").fetchall())
-    assert rows == {"20250101-0": 10, "20250101-1": 2, "20250101-2": 3}  # upserted, the others kept
-    delete = make_spec(columns={}, write_strategy="merge_by_key", missing_keys="delete", max_row_change=1.0)
+    merge = dict(columns={}, write_strategy="merge_by_key", partitions_per_write=per_write)
+    assert wap(con, make_spec(**merge, missing_keys="keep"), only_first, run_id="r2").published
+    rows = dict(con.execute("SELECT id, amount FROM orders WHERE d = DATE '2025-01-03'").fetchall())
+    assert rows == {"20250103-0": 10, "20250103-1": 2, "20250103-2": 3}  # upserted, the others kept
+    assert con.execute("SELECT count(*) FROM orders").fetchall()[0][0] == 9
+    delete = make_spec(**merge, missing_keys="delete", max_row_change=1.0)
     assert wap(con, delete, only_first, run_id="r3").published
     assert con.execute("SELECT count(*) FROM orders").fetchall()[0][0] == 3  # one key per day left
 

@@ -47,6 +47,7 @@ def test_valid_spec_derives_single_run_backfill_policy():
         ({"rules": [Reconcile("r", "nope", "SELECT 1, 1")]}, "unknown metric 'nope'"),
         ({"rules": [Invariant("r", "SELECT 1"), Invariant("r", "SELECT 2")]}, "rule names must be unique"),
         ({"partitions_per_run": 0}, "at least 1"),
+        ({"partitions_per_write": 0}, "partitions_per_write must be at least 1"),
         ({"grain": ["id; drop"]}, "not a valid identifier"),
         ({"personal_data": {"email": "[a-z"}}, "personal_data 'email' is not a regular expression"),
         ({"personal_data": {"email": Pattern("[a-z", needs="@")}}, "personal_data 'email' is not a regular"),
