@@ -287,7 +287,10 @@ def stage(
     the columns the source produced (the table may have more: older versions' columns read as NULL).
 
     Each row gets the version of the partition its `partition_column` falls in; rows outside
-    the run's window get the stray version so the completeness check can report them.
+    the run's partitions (in ``_bfa_run``) get the stray version so the completeness check can report them.
+    Rows are written in version order, so each row group holds few partitions and a date filter reads few
+    row groups (measured at 93 days: one month filtered 0.77x a plain table against 1.20x unsorted, for
+    5-13% more write time).
     """
     asset = cand.asset
     table = version_table(asset)
@@ -313,7 +316,8 @@ def stage(
         con.execute(
             f"INSERT INTO {table} BY NAME "
             f"SELECT s.*, coalesce(r.version, ?) AS {VERSION_COLUMN} FROM {quote_ident(source_view)} s "
-            f"LEFT JOIN _bfa_run r ON s.{quote_ident(partition_column)} = r.partition_date",
+            f"LEFT JOIN _bfa_run r ON s.{quote_ident(partition_column)} = r.partition_date "
+            f"ORDER BY {VERSION_COLUMN}",
             [cand.stray_version],
         )
     return source_cols

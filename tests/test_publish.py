@@ -164,6 +164,13 @@ def test_a_long_range_is_staged_in_slices_with_the_same_result(tmp_path, partiti
     assert sliced_lines[2].startswith(f"orders: staged {last}..{last} (slice 3 of 3) in ")
 
 
+def test_rows_are_written_in_partition_order(con):
+    newest_first = f"SELECT * FROM ({GOOD_SQL}) ORDER BY d DESC"
+    assert wap(con, make_spec(), newest_first).published
+    written = [r[0] for r in con.execute("SELECT d FROM bfa.orders ORDER BY rowid").fetchall()]
+    assert written == sorted(written) and len(set(written)) == 3
+
+
 def test_a_slice_rows_outside_its_own_partitions_are_strays(con):
     ignores_window = GOOD_SQL.replace("$start::DATE, $end::DATE", "DATE '2025-01-01', DATE '2025-01-05'")
     report = wap(con, make_spec(partitions_per_write=2), ignores_window, [*JAN_1_3, "2025-01-04"])
