@@ -260,17 +260,25 @@ def check_reconciled(
     spec: TableSpec,
     params: Mapping[str, Any],
     actual: Mapping[dt.date, Mapping[str, Any]],
+    slices: Sequence[Sequence[tuple[str, dt.date, dt.date]]],
 ) -> CheckOutcome:
-    """`actual`: the candidate's metric values per partition date (from :func:`metric_values`)."""
-    dates = [r[0] for r in con.execute("SELECT partition_date FROM _bfa_run").fetchall()]
+    """`actual`: the candidate's metric values per partition date (from :func:`metric_values`); `slices`: the
+    run's partition windows (key, start, end exclusive) in the groups they were written in. A Reconcile rule's
+    expected values are computed one slice at a time, with ``$start``/``$end`` bound to the slice, so its
+    memory stays bounded like the write's; of each slice's answer only the slice's own dates count. The
+    Invariants run once, over the whole window in `params`."""
+    dates = [start for part in slices for _, start, _ in part]
     figures: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
     broken = []
     for rule in spec.rules:
         if isinstance(rule, Reconcile):
-            expected = {
-                d: v for d, v in con.execute(rule.expected_sql, sql_params(rule.expected_sql, params)).fetchall()
-            }
+            expected = {}
+            for part in slices:
+                own = {start for _, start, _ in part}
+                window = {**params, "start": part[0][1], "end": part[-1][2]}
+                rows = con.execute(rule.expected_sql, sql_params(rule.expected_sql, window)).fetchall()
+                expected.update((d, v) for d, v in rows if d in own)
             bad = []
             for d in dates:
                 a = _num(actual.get(d, {}).get(rule.metric))

@@ -17,6 +17,7 @@ from .spec import TableSpec
 
 SOURCE_VIEW = "_bfa_source"
 MERGED_VIEW = "_bfa_merged"
+Window = tuple[str, dt.date, dt.date]  # a partition's key, start and end (exclusive)
 
 
 @dataclass(frozen=True)
@@ -95,20 +96,19 @@ def write_audit_publish(
     `params` are bound into the transform and rule SQL; `record` is extra run context stored in
     the ledger (run tags, brief id, ...); secrets belong in `params`, never in `record`. The ledger
     names `actor` (default: the OS user) and `reason` (default: the run; a hold's reason is its failure).
-    A range longer than ``spec.partitions_per_write`` is staged in slices, each reported to `log`.
+    A range longer than ``spec.partitions_per_write`` is staged (and reconciled) in slices; each write is
+    reported to `log`.
     """
     if not partition_keys:
         raise ValueError(f"{spec.name}: no partitions to write")
     params = dict(params or {})
     windows = _windows(spec, partition_keys)
-    partitions, window = [(k, start) for k, start, _ in windows], _span(windows)
+    partitions, window, slices = [(k, start) for k, start, _ in windows], _span(windows), _slices(spec, windows)
     warehouse.abandon_orphans(con, spec.name)
     cand = warehouse.allocate(con, spec.name, partitions, run_id, spec.code_version)
     try:
         t0 = time.perf_counter()
         produced: dict[str, str] = {}
-        n = spec.partitions_per_write
-        slices = [windows[i : i + n] for i in range(0, len(windows), n)]
         for i, part in enumerate(slices, 1):
             started = time.perf_counter()
             produced.update(_stage(con, spec, transform, cand, part, params))
@@ -130,6 +130,7 @@ def write_audit_publish(
             spec,
             partitions,
             {**params, **window},
+            slices,
             rows={k: stats[v][0] for k, v in cand.versions.items()},
             previous_rows={k: previous[k][1] for k in cand.versions if k in previous},
             profile={k: profile[v] for k, v in cand.versions.items() if v in profile},
@@ -179,7 +180,7 @@ def audit_published(
             for name in audit.check_names(spec)
         ]
     windows = _windows(spec, list(published))
-    partitions, window = [(k, start) for k, start, _ in windows], _span(windows)
+    partitions, window, slices = [(k, start) for k, start, _ in windows], _span(windows), _slices(spec, windows)
     warehouse.load_run_table(con, [(k, d, published[k][0]) for k, d in partitions])
     warehouse.create_published_views(con, spec.name)
     versions = {k: v for k, (v, _, _) in published.items()}
@@ -191,6 +192,7 @@ def audit_published(
         spec,
         partitions,
         {**(params or {}), **window},
+        slices,
         rows={k: v[1] for k, v in published.items()},
         previous_rows={},
         profile={k: profile[v] for k, v in versions.items() if v in profile},
@@ -198,15 +200,21 @@ def audit_published(
     return outcomes
 
 
-def _windows(spec: TableSpec, keys: Sequence[str]) -> list[tuple[str, dt.date, dt.date]]:
+def _windows(spec: TableSpec, keys: Sequence[str]) -> list[Window]:
     """(key, start, end exclusive) of each partition, in time order."""
     windows = [spec.partitions.time_window_for_partition_key(k) for k in keys]
     return sorted(((k, w.start.date(), w.end.date()) for k, w in zip(keys, windows, strict=True)), key=lambda x: x[1])
 
 
-def _span(windows: Sequence[tuple[str, dt.date, dt.date]]) -> dict[str, dt.date]:
+def _span(windows: Sequence[Window]) -> dict[str, dt.date]:
     """The window sorted partitions span: {start, end (exclusive)}."""
     return {"start": windows[0][1], "end": windows[-1][2]}
+
+
+def _slices(spec: TableSpec, windows: Sequence[Window]) -> list[list[Window]]:
+    """The sorted windows in groups of ``spec.partitions_per_write``: what one statement writes or reconciles."""
+    n = spec.partitions_per_write
+    return [list(windows[i : i + n]) for i in range(0, len(windows), n)]
 
 
 def _stage(con, spec, transform, cand, windows, params) -> list[tuple[str, str]]:
@@ -221,7 +229,7 @@ def _stage(con, spec, transform, cand, windows, params) -> list[tuple[str, str]]
     return warehouse.stage(con, cand, spec.partition_column, staged_from)
 
 
-def _audit(con, spec, partitions, params, *, rows, previous_rows, profile, stray_rows=0, columns=None):
+def _audit(con, spec, partitions, params, slices, *, rows, previous_rows, profile, stray_rows=0, columns=None):
     by_date = {d: k for k, d in partitions}
     after = {d: audit.profiled_metrics(profile[k]) for k, d in partitions if k in profile and spec.metrics}
     before = audit.metric_values(con, spec, "previous")
@@ -236,7 +244,7 @@ def _audit(con, spec, partitions, params, *, rows, previous_rows, profile, stray
     run(audit.check_unique, con, spec, null_keys)
     run(audit.check_complete, spec, rows, previous_rows, profile, stray_rows)
     if spec.rules:
-        run(audit.check_reconciled, con, spec, params, after)
+        run(audit.check_reconciled, con, spec, params, after, slices)
     if spec.columns:
         run(audit.check_schema, con, spec, columns)
     if spec.personal_data:

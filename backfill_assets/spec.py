@@ -77,8 +77,9 @@ class Reconcile:
     """The table's `metric` must equal, per partition, the value computed by `expected_sql`.
 
     `expected_sql` returns two columns, ``(partition_date, value)``, one row per partition; it may
-    use the bound window parameters ``$start`` and ``$end`` (dates, end exclusive). A partition
-    passes when ``|actual - expected| <= abs_tol`` or ``<= rel_tol * |expected|``.
+    use the bound window parameters ``$start`` and ``$end`` (dates, end exclusive). A long run evaluates it
+    once per slice of ``partitions_per_write`` partitions, so a partition's value must not depend on which
+    window holds it. A partition passes when ``|actual - expected| <= abs_tol`` or ``<= rel_tol * |expected|``.
     """
 
     name: str
@@ -128,6 +129,7 @@ class TableSpec:
     # A run stages at most this many partitions per SQL statement (the transform runs once per such slice of
     # its range): memory stays bounded however long the range (measured: 365 days in one statement ran out of
     # memory at 1500MB; in slices of 31, 12% faster too). The transform must return only its window's rows.
+    # Reconcile rules are evaluated in the same slices.
     partitions_per_write: int = 31
     # partition_overwrite: a run's rows replace its partitions. merge_by_key: they upsert on the grain and
     # `missing_keys` says what happens to published keys the run did not produce ("keep" or "delete").

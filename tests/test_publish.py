@@ -222,6 +222,19 @@ def test_reconciliation_compares_each_partition_with_tolerance(con):
     assert wap(con, make_spec(rules=[rule]), GOOD_SQL, run_id="r2", params={"bump": 0.4}).published
 
 
+def test_reconcile_rules_run_per_write_slice_and_keep_each_slice_dates(con):
+    # Right (6) only for a window of at most 2 days, and wrong for the day before the window, which it returns too.
+    expected = (
+        "SELECT d::DATE, CASE WHEN d < $start OR $end::DATE - $start::DATE > 2 THEN -1 ELSE 6 END "
+        "FROM range($start::DATE - 1, $end::DATE, INTERVAL 1 DAY) r(d)"
+    )
+    rule = Reconcile("total_is_six", "total", expected)
+    keys = [*JAN_1_3, "2025-01-04"]
+    assert wap(con, make_spec(rules=[rule], partitions_per_write=2), GOOD_SQL, keys).published
+    whole = failed(wap(con, make_spec(rules=[rule]), GOOD_SQL, keys, run_id="r2"))["reconciled"]
+    assert whole.figures["total_is_six.partitions_off"] == 4
+
+
 def test_invariant_reports_violating_rows(con):
     rule = Invariant("small_amounts", "SELECT id, amount FROM candidate WHERE amount > 2")
     rec = failed(wap(con, make_spec(rules=[rule]), GOOD_SQL))["reconciled"]
