@@ -184,7 +184,8 @@ SELECT md5(actor_key || ':' || event_date || ':' || session_no) AS session_id,
        min(event_ts_utc) AS started_at,
        max(event_ts_utc) AS ended_at,
        count(*) AS events,
-       date_diff('second', min(event_ts_utc), max(event_ts_utc)) AS duration_s
+       date_diff('second', min(event_ts_utc), max(event_ts_utc)) AS duration_s,
+       session_no::BIGINT AS session_of_day
 FROM numbered
 GROUP BY actor_key, event_date, session_no
 """
@@ -203,6 +204,9 @@ sessions_spec = bfa.TableSpec(
         "ended_at": col("TIMESTAMP"),
         "events": col("BIGINT", checks=[pa.Check.ge(1)]),
         "duration_s": col("BIGINT", checks=NON_NEGATIVE),
+        "session_of_day": col(
+            "BIGINT", "1 for the actor's first session of the day, then 2, 3, ...", checks=[pa.Check.ge(1)]
+        ),
     },
     metrics={"sessions": "count(*)", "events": "sum(events)"},
     rules=[
@@ -215,7 +219,7 @@ sessions_spec = bfa.TableSpec(
         bfa.Invariant("ends_after_start", "SELECT * FROM candidate WHERE ended_at < started_at"),
     ],
     consumers=[engagement_report, crm_export],
-    code_version="1",
+    code_version="2",
     owners=[GROWTH],
     personal_data=PERSONAL_DATA,
     group="engagement",
@@ -252,9 +256,11 @@ daily_active_users_spec = bfa.TableSpec(
         bfa.Reconcile(
             "dau_matches_sessions",
             "dau",
-            "SELECT session_date, count(DISTINCT actor_key) FROM sessions "
+            # Each active actor has exactly one first session of the day: a filtered count, where recounting
+            # distinct actors over the sessions cost 0.6x the transform at 365 days (35M rows).
+            "SELECT session_date, count(*) FILTER (WHERE session_of_day = 1) FROM sessions "
             "WHERE session_date >= $start AND session_date < $end GROUP BY 1",
-            description="Active actors equal the distinct actors with a session.",
+            description="Active actors equal the actors' first sessions of the day.",
         ),
         bfa.Invariant(
             "identified_plus_anonymous", "SELECT * FROM candidate WHERE dau <> identified_users + anonymous_actors"

@@ -76,6 +76,29 @@ def test_rerunning_the_same_range_publishes_identical_content(january, january_d
     con.close()
 
 
+def test_dau_reconciles_with_first_sessions_and_a_wrong_count_is_held(january):
+    before = published(january, "daily_active_users")
+    con = bfa.warehouse.connect(str(january))
+    first_sessions, distinct_actors, dau = zip(
+        *con.execute(
+            "SELECT count(*) FILTER (WHERE session_of_day = 1), count(DISTINCT actor_key), any_value(d.dau) "
+            "FROM sessions s JOIN daily_active_users d ON d.activity_date = s.session_date GROUP BY session_date"
+        ).fetchall(),
+        strict=True,
+    )
+    assert len(dau) == 31 and first_sessions == distinct_actors == dau
+    # Counting only identified users as active (anonymous actors forgotten) is off on every day.
+    wrong = tables.DAU_SQL.replace(
+        "count(DISTINCT actor_key) AS dau", "count(DISTINCT actor_key) FILTER (WHERE NOT is_anonymous) AS dau"
+    )
+    keys = [f"2025-01-{d:02}" for d in range(1, 32)]
+    report = bfa.write_audit_publish(con, tables.daily_active_users_spec, wrong, keys, run_id="wrong")
+    reconciled = {o.name: o for o in report.failed}["reconciled"]
+    assert reconciled.figures["dau_matches_sessions.partitions_off"] == 31
+    con.close()
+    assert published(january, "daily_active_users") == before
+
+
 def _events_clean_rows(path, start, end):
     con = duckdb.connect(str(path), read_only=True)
     try:
