@@ -165,7 +165,7 @@ def write_audit_publish(
         },
     }
     why = (reason or f"run {run_id}") if report.passed else report.failure_message()
-    warehouse.decide(con, cand, stats, outcome=report.outcome, reason=why, actor=actor, **ledger)
+    warehouse.decide(con, cand, stats, outcome=report.outcome, version_metrics=after, reason=why, actor=actor, **ledger)
     return report
 
 

@@ -80,6 +80,9 @@ class Reconcile:
     use the bound window parameters ``$start`` and ``$end`` (dates, end exclusive). A long run evaluates it
     once per slice of ``partitions_per_write`` partitions, so a partition's value must not depend on which
     window holds it. A partition passes when ``|actual - expected| <= abs_tol`` or ``<= rel_tol * |expected|``.
+    To compare with an upstream table's own metric without rescanning its rows, select from
+    ``bfa.published_metric('<upstream>', '<metric>', $start, $end)``: its published partitions' values as
+    recorded when their versions were audited.
     """
 
     name: str

@@ -3,7 +3,7 @@
 Layout, for a derived table ``t``:
 
 - ``bfa.t``: every version's rows side by side, plus a ``_bfa_version`` column.
-- ``bfa.versions``: one row per (table, partition) candidate: status, rows, content hash, run.
+- ``bfa.versions``: one row per (table, partition) candidate: status, rows, content hash, metrics, run.
 - ``bfa.published``: the pointer, (table, partition) -> the version consumers read.
 - ``main.t``: a view of ``bfa.t`` restricted to published versions. Downstream assets, dashboards
   and people read this, so publishing and rolling back are one small transaction on the pointer.
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS bfa.versions (
     row_count BIGINT,
     content_hash VARCHAR,
     created_at TIMESTAMP NOT NULL,
-    decided_at TIMESTAMP
+    decided_at TIMESTAMP,
+    metrics JSON                    -- the spec's metric values over this version's rows
 );
 CREATE TABLE IF NOT EXISTS bfa.published (
     asset VARCHAR NOT NULL,
@@ -172,8 +173,45 @@ def connect(
     return con
 
 
+# A catalog from before versions kept their metrics: take them from the ledger entries that decided them.
+_ADD_VERSION_METRICS = """
+ALTER TABLE bfa.versions ADD COLUMN metrics JSON;
+UPDATE bfa.versions v SET metrics = l.metrics -> 'after' -> l.partition_key FROM (
+    SELECT unnest(versions) AS version, unnest(partition_keys) AS partition_key, metrics FROM bfa.ledger
+    WHERE action IN ('publish', 'hold', 'candidate')
+) l WHERE v.version = l.version;
+"""
+
+# An upstream's control totals for Reconcile rules: `metric_name` of each published partition of `asset_name`
+# in [window_start, window_end), as recorded when its version was audited (no rescan of its rows). An empty
+# partition counts as no value; a value never recorded, or a partition key that is not a date, is an error.
+_PUBLISHED_METRIC = """
+CREATE OR REPLACE MACRO bfa.published_metric(asset_name, metric_name, window_start, window_end) AS TABLE
+SELECT p.partition_date,
+       CASE WHEN p.partition_date IS NULL THEN error(format(
+                '{} partition {} is not a date: bfa.published_metric reconciles daily, weekly or monthly '
+                'partitions only.', asset_name, p.partition_key))
+            WHEN v.row_count > 0 AND (v.metrics -> metric_name) IS NULL THEN error(format(
+                '{} partition {} has no recorded metric {}: {} declares no such metric, or the partition was '
+                'published before it did. Republish that partition of {}.',
+                asset_name, p.partition_key, metric_name, asset_name, asset_name))
+            ELSE (v.metrics ->> metric_name)::DOUBLE END AS value
+FROM (SELECT *, try_cast(partition_key AS DATE) AS partition_date FROM bfa.published) p
+JOIN bfa.versions v USING (version)
+WHERE p.asset = asset_name
+  AND (p.partition_date IS NULL OR p.partition_date >= window_start AND p.partition_date < window_end)
+"""
+
+
 def ensure_catalog(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_CATALOG_DDL)
+    if not con.execute(
+        "SELECT 1 FROM duckdb_columns() WHERE schema_name = 'bfa' AND table_name = 'versions' "
+        "AND column_name = 'metrics'"
+    ).fetchall():
+        with transaction(con):
+            con.execute(_ADD_VERSION_METRICS)
+    con.execute(_PUBLISHED_METRIC)
 
 
 def version_table(asset: str) -> str:
@@ -417,14 +455,16 @@ def decide(
     stats: dict[int, tuple[int, str]],
     *,
     outcome: str,
+    version_metrics: Mapping[str, Mapping[str, Any]] | None = None,
     **ledger: Any,
 ) -> None:
     """Record a run's outcome in one transaction: "publish" (every partition points at its new version),
-    "candidate" (kept beside the published data, readable as <table>__candidate) or "hold"."""
+    "candidate" (kept beside the published data, readable as <table>__candidate) or "hold". `version_metrics`:
+    partition key -> the spec's metric values over its new version, kept with the version."""
     now = _now()
     new = list(cand.versions.values())
     with transaction(con):
-        _record_stats(con, stats)
+        _record_stats(con, stats, {cand.versions[k]: m for k, m in (version_metrics or {}).items()})
         if outcome == "publish":
             _point_to(con, cand.asset, cand.versions, now)
         elif outcome == "hold":
@@ -569,11 +609,19 @@ def _set_status(con: duckdb.DuckDBPyConnection, versions: Sequence[int], status:
     )
 
 
-def _record_stats(con: duckdb.DuckDBPyConnection, stats: dict[int, tuple[int, str]]) -> None:
+def _record_stats(
+    con: duckdb.DuckDBPyConnection, stats: dict[int, tuple[int, str]], metrics: Mapping[int, Mapping[str, Any]]
+) -> None:
     con.execute(
-        "UPDATE bfa.versions v SET row_count = s.n, content_hash = s.h FROM (SELECT unnest(?::BIGINT[]) AS version, "
-        "unnest(?::BIGINT[]) AS n, unnest(?::VARCHAR[]) AS h) s WHERE v.version = s.version",
-        [list(stats), [n for n, _ in stats.values()], [h for _, h in stats.values()]],
+        "UPDATE bfa.versions v SET row_count = s.n, content_hash = s.h, metrics = s.m FROM (SELECT "
+        "unnest(?::BIGINT[]) AS version, unnest(?::BIGINT[]) AS n, unnest(?::VARCHAR[]) AS h, "
+        "unnest(?::JSON[]) AS m) s WHERE v.version = s.version",
+        [
+            list(stats),
+            [n for n, _ in stats.values()],
+            [h for _, h in stats.values()],
+            [_json(metrics[v]) if metrics.get(v) else None for v in stats],
+        ],
     )
 
 
@@ -585,12 +633,17 @@ def _ledger(con: duckdb.DuckDBPyConnection, asset: str, action: str, run_id: str
     values = [fields.get(f) for f in _LEDGER_FIELDS]
     for i, f in enumerate(_LEDGER_FIELDS):
         if f in ("checks", "metrics", "params") and values[i] is not None:
-            values[i] = json.dumps(values[i], default=str, sort_keys=True)
+            values[i] = _json(values[i])
     con.execute(
         f"INSERT INTO bfa.ledger (entry_id, recorded_at, asset, action, run_id, actor, {', '.join(_LEDGER_FIELDS)}) "
         f"VALUES (nextval('bfa.ledger_seq'), ?, ?, ?, ?, ?, {', '.join('?' * len(_LEDGER_FIELDS))})",
         [_now(), asset, action, run_id, actor, *values],
     )
+
+
+def _json(value: Any) -> str:
+    """JSON as the catalog stores it: decimals and dates as strings, keys sorted."""
+    return json.dumps(value, default=str, sort_keys=True)
 
 
 def _actor() -> str:

@@ -8,7 +8,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from backfill_assets import Column, Invariant, Reconcile, TableSpec, audit_published, published_partitions
+from backfill_assets import Column, Invariant, Reconcile, TableSpec, audit_published, history, published_partitions
 from backfill_assets import warehouse as wh
 from backfill_assets.publish import write_audit_publish
 
@@ -233,6 +233,65 @@ def test_reconcile_rules_run_per_write_slice_and_keep_each_slice_dates(con):
     assert wap(con, make_spec(rules=[rule], partitions_per_write=2), GOOD_SQL, keys).published
     whole = failed(wap(con, make_spec(rules=[rule]), GOOD_SQL, keys, run_id="r2"))["reconciled"]
     assert whole.figures["total_is_six.partitions_off"] == 4
+
+
+def published_metric(con, metric="total", asset="orders"):
+    return con.execute(
+        "SELECT * FROM bfa.published_metric(?, ?, DATE '2025-01-01', DATE '2025-01-04') ORDER BY 1", [asset, metric]
+    ).fetchall()
+
+
+def test_a_downstream_reconciles_with_the_metrics_its_upstream_recorded(con):
+    first = wap(con, make_spec(), GOOD_SQL)
+    doubled = GOOD_SQL.replace("(i + 1)", "2 * (i + 1)")
+    never = Invariant("never", "SELECT * FROM candidate")
+    assert not wap(con, make_spec(rules=[never]), doubled, run_id="r2").passed  # a held version does not count
+    assert published_metric(con) == [(dt.date(2025, 1, d), 6.0) for d in (1, 2, 3)]
+
+    upstream = "SELECT * FROM bfa.published_metric('orders', 'total', $start, $end)"
+    daily = make_spec(
+        name="daily_totals",
+        grain=["d"],
+        columns={"d": Column("DATE"), "total": Column("DECIMAL(38,2)")},
+        metrics={"total": "sum(total)"},
+        rules=[Reconcile("matches_orders", "total", upstream)],
+    )
+    totals = "SELECT d, sum(amount) AS total FROM orders WHERE d >= $start AND d < $end {} GROUP BY 1"
+    assert wap(con, daily, totals.format(""), run_id="d1").published
+    rec = failed(wap(con, daily, totals.format("AND id NOT LIKE '%-0'"), run_id="d2"))["reconciled"]
+    assert rec.figures["matches_orders.partitions_off"] == 3
+    assert (rec.failures[0]["actual"], rec.failures[0]["expected"]) == (5.0, 6.0)
+
+    # The expected values follow what orders publishes, and what it rolls back to.
+    assert wap(con, make_spec(), doubled, ["2025-01-02"], run_id="r3").published
+    assert published_metric(con)[1] == (dt.date(2025, 1, 2), 12.0)
+    assert wap(con, daily, totals.format(""), ["2025-01-02"], run_id="d3").published
+    history.rollback(con, {"orders": {"2025-01-02": first.partitions["2025-01-02"][0]}}, "test", "me")
+    assert published_metric(con)[1] == (dt.date(2025, 1, 2), 6.0)
+
+
+def test_published_metric_fills_old_warehouses_and_names_what_it_cannot_answer(tmp_path):
+    path = str(tmp_path / "w.duckdb")
+    con = wh.connect(path)
+    wap(con, make_spec(sparse=True), GOOD_SQL + " WHERE d <> DATE '2025-01-02'")
+    with pytest.raises(duckdb.InvalidInputException, match="orders partition 2025-01-01 has no recorded metric nope"):
+        published_metric(con, "nope")
+    # A warehouse from before versions kept their metrics gets them from the ledger.
+    con.execute("ALTER TABLE bfa.versions DROP COLUMN metrics")
+    con.close()
+    con = wh.connect(path)
+    assert published_metric(con) == [
+        (dt.date(2025, 1, 1), 6.0),
+        (dt.date(2025, 1, 2), None),
+        (dt.date(2025, 1, 3), 6.0),
+    ]
+    con.execute("UPDATE bfa.versions SET metrics = NULL WHERE partition_key = '2025-01-03'")
+    with pytest.raises(duckdb.InvalidInputException, match="2025-01-03 has no recorded metric total.*Republish that"):
+        published_metric(con)
+    con.execute("INSERT INTO bfa.published VALUES ('hourly', '2025-01-01-05:00', 1, now())")
+    with pytest.raises(duckdb.InvalidInputException, match="hourly partition 2025-01-01-05:00 is not a date"):
+        published_metric(con, asset="hourly")
+    con.close()
 
 
 def test_invariant_reports_violating_rows(con):

@@ -8,6 +8,7 @@ from conftest import DAILY, check_evaluations, make_defs, published, run_range, 
 import backfill_assets as bfa
 from backfill_assets.audit import check_names
 from product_analytics import tables
+from product_analytics.legacy import LEGACY_REVENUE_DAILY_SQL
 
 
 def test_definitions_load_with_checks_owners_kinds_and_consumers():
@@ -97,6 +98,31 @@ def test_dau_reconciles_with_first_sessions_and_a_wrong_count_is_held(january):
     assert reconciled.figures["dau_matches_sessions.partitions_off"] == 31
     con.close()
     assert published(january, "daily_active_users") == before
+
+
+def test_revenue_reconciles_with_the_net_revenue_events_clean_recorded(january):
+    before = published(january, "revenue_daily")
+    con = bfa.warehouse.connect(str(january))
+    recorded, recomputed, revenue = zip(
+        *con.execute(
+            "SELECT m.value, (SELECT sum(CASE event_type WHEN 'purchase' THEN amount_usd ELSE -amount_usd END) "
+            "  FROM events_clean e WHERE e.event_date = m.partition_date AND event_type IN ('purchase', 'refund')), "
+            "  (SELECT sum(net_revenue_usd) FROM revenue_daily r WHERE r.revenue_date = m.partition_date) "
+            "FROM bfa.published_metric('events_clean', 'net_revenue_usd', DATE '2025-01-01', DATE '2025-02-01') m"
+        ).fetchall(),
+        strict=True,
+    )
+    assert len(recorded) == 31 and list(recorded) == [float(v) for v in recomputed] == [float(v) for v in revenue]
+    # Version 1's bug, refunds not subtracted, is off on every day with a refund.
+    keys = [f"2025-01-{d:02}" for d in range(1, 32)]
+    report = bfa.write_audit_publish(con, tables.revenue_daily_spec, LEGACY_REVENUE_DAILY_SQL, keys, run_id="v1")
+    reconciled = {o.name: o for o in report.failed}["reconciled"]
+    refund_days = con.execute(
+        "SELECT count(DISTINCT event_date) FROM events_clean WHERE event_type = 'refund' AND event_date < '2025-02-01'"
+    ).fetchall()[0][0]
+    assert reconciled.figures["net_is_purchases_minus_refunds.partitions_off"] == refund_days > 0
+    con.close()
+    assert published(january, "revenue_daily") == before
 
 
 def _events_clean_rows(path, start, end):
