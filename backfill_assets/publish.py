@@ -128,7 +128,6 @@ def write_audit_publish(
         outcomes, before, after = _audit(
             con,
             spec,
-            partitions,
             {**params, **window},
             slices,
             rows={k: stats[v][0] for k, v in cand.versions.items()},
@@ -180,8 +179,8 @@ def audit_published(
             for name in audit.check_names(spec)
         ]
     windows = _windows(spec, list(published))
-    partitions, window, slices = [(k, start) for k, start, _ in windows], _span(windows), _slices(spec, windows)
-    warehouse.load_run_table(con, [(k, d, published[k][0]) for k, d in partitions])
+    window, slices = _span(windows), _slices(spec, windows)
+    warehouse.load_run_table(con, [(k, start, published[k][0]) for k, start, _ in windows])
     warehouse.create_published_views(con, spec.name)
     versions = {k: v for k, (v, _, _) in published.items()}
     _, profile = warehouse.profile_versions(
@@ -190,7 +189,6 @@ def audit_published(
     outcomes, _, _ = _audit(
         con,
         spec,
-        partitions,
         {**(params or {}), **window},
         slices,
         rows={k: v[1] for k, v in published.items()},
@@ -229,9 +227,9 @@ def _stage(con, spec, transform, cand, windows, params) -> list[tuple[str, str]]
     return warehouse.stage(con, cand, spec.partition_column, staged_from)
 
 
-def _audit(con, spec, partitions, params, slices, *, rows, previous_rows, profile, stray_rows=0, columns=None):
-    by_date = {d: k for k, d in partitions}
-    after = {d: audit.profiled_metrics(profile[k]) for k, d in partitions if k in profile and spec.metrics}
+def _audit(con, spec, params, slices, *, rows, previous_rows, profile, stray_rows=0, columns=None):
+    by_date = {start: k for part in slices for k, start, _ in part}
+    after = {d: audit.profiled_metrics(profile[k]) for d, k in by_date.items() if k in profile and spec.metrics}
     before = audit.metric_values(con, spec, "previous")
     null_keys = sum(values[("null_keys",)] for values in profile.values())
     outcomes = []
