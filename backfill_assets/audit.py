@@ -6,6 +6,7 @@ partitions), with ``_bfa_run`` listing the partitions, and returns a :class:`Che
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import duckdb
 import pandera.pandas as pa
 
+from . import catalog
 from .spec import Invariant, Pattern, Reconcile, TableSpec, quote_ident
 from .warehouse import describe, sql_params
 
@@ -20,10 +22,12 @@ SAMPLE_ROWS = 5
 SCHEMA_SAMPLE_ROWS = 10_000
 
 UNIQUE, COMPLETE, RECONCILED, SCHEMA = "unique_grain", "complete", "reconciled", "schema"
-PRIVATE = "no_personal_data"
+PRIVATE, INPUTS = "no_personal_data", "inputs_complete"
 
 CHECK_DESCRIPTIONS = {
-    UNIQUE: "No duplicate and no NULL grain keys.",
+    INPUTS: "Every upstream partition the partition mappings read is published, checked before the transform "
+    "runs (a provisional table may publish without late inputs from after its window; that is a warning).",
+    UNIQUE: "No duplicate and no NULL grain keys, also against the table's other published partitions.",
     COMPLETE: "Every partition present and non-empty, no rows outside the window, null rates within "
     "bounds, row counts within the allowed change against the published version.",
     RECONCILED: "Declared metrics match their upstream per partition; declared invariants hold.",
@@ -42,10 +46,15 @@ class CheckOutcome:
     figures: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0  # how long it took (its share of the one profile scan not counted)
+    warn: bool = False  # a failure that does not block publishing (Dagster's WARN severity)
+
+    @property
+    def blocks(self) -> bool:
+        return not self.passed and not self.warn
 
 
 def check_names(spec: TableSpec) -> list[str]:
-    names = [UNIQUE, COMPLETE]
+    names = [INPUTS, UNIQUE, COMPLETE]
     if spec.rules:
         names.append(RECONCILED)
     if spec.columns:
@@ -61,15 +70,39 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapp
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
-def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec, null_keys: int) -> CheckOutcome:
-    """`null_keys`: rows of ``candidate`` with a NULL grain column (counted by :func:`profile_aggregates`)."""
+def check_unique(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, null_keys: int, published: str | None = None
+) -> CheckOutcome:
+    """`null_keys`: rows of ``candidate`` with a NULL grain column (counted by :func:`profile_aggregates`).
+    `published`: the consumers' view to check the candidate's keys against, outside the run's partitions
+    (``_bfa_run``), so a key is unique in the whole table; not needed when the grain holds the partition
+    column. The published side is probed, never hashed: its keys are read once, the candidate's are the
+    hash table."""
     keys = ", ".join(quote_ident(c) for c in spec.grain)
     dup_keys, extra_rows = con.execute(
         f"SELECT count(*), coalesce(sum(n - 1), 0) FROM "
         f"(SELECT count(*) AS n FROM candidate GROUP BY {keys} HAVING count(*) > 1)"
     ).fetchall()[0]
-    figures = {"duplicate_keys": dup_keys, "duplicate_rows": int(extra_rows), "null_key_rows": null_keys}
-    failures: list[dict] = []
+    elsewhere: list[dict] = []
+    clashes = 0
+    if published and spec.partition_column not in spec.grain:
+        part = quote_ident(spec.partition_column)
+        same = " AND ".join(f"p.{quote_ident(c)} = c.{quote_ident(c)}" for c in spec.grain)
+        clash_sql = (
+            f"SELECT {', '.join(f'p.{quote_ident(c)}' for c in spec.grain)}, p.{part} AS published_in "
+            f"FROM {published} p WHERE p.{part} NOT IN (SELECT partition_date FROM _bfa_run) "
+            f"AND EXISTS (SELECT 1 FROM candidate c WHERE {same})"
+        )
+        clashes = con.execute(f"SELECT count(*) FROM ({clash_sql})").fetchall()[0][0]
+        if clashes:
+            elsewhere = _rows(con, f"SELECT * FROM ({clash_sql}) ORDER BY ALL LIMIT {SAMPLE_ROWS}")
+    figures = {
+        "duplicate_keys": dup_keys,
+        "duplicate_rows": int(extra_rows),
+        "null_key_rows": null_keys,
+        "keys_published_in_other_partitions": clashes,
+    }
+    failures: list[dict] = list(elsewhere)
     if dup_keys:
         failures += _rows(
             con,
@@ -80,14 +113,77 @@ def check_unique(con: duckdb.DuckDBPyConnection, spec: TableSpec, null_keys: int
         shown = ", ".join(quote_ident(c) for c in dict.fromkeys([*spec.grain, spec.partition_column]))
         failures += _rows(con, f"SELECT {shown} FROM candidate WHERE {_any_null(spec.grain)} LIMIT {SAMPLE_ROWS}")
     grain = "(" + ", ".join(spec.grain) + ")"
+    problems = []
     if dup_keys or null_keys:
-        summary = (
+        problems.append(
             f"{plural(dup_keys, 'grain key')} {grain} appear more than once "
             f"({plural(int(extra_rows), 'extra row')}); {plural(null_keys, 'row')} with a NULL key"
         )
-    else:
-        summary = f"every grain key {grain} is unique and not NULL"
-    return CheckOutcome(UNIQUE, not (dup_keys or null_keys), summary, figures, failures)
+    if clashes:
+        first = elsewhere[0]
+        example = ", ".join(f"{c}={first[c]}" for c in spec.grain)
+        problems.append(
+            f"{plural(clashes, 'grain key')} {grain} already published in other partitions "
+            f"(e.g. {example} in {first['published_in']})"
+        )
+    summary = "; ".join(problems) or f"every grain key {grain} is unique in the table and not NULL"
+    return CheckOutcome(UNIQUE, not problems, summary, figures, failures)
+
+
+def check_inputs(
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, needs: Mapping[str, Sequence[Any]]
+) -> tuple[CheckOutcome, dict[str, list[str]]]:
+    """The gate before a run's transform: `needs` maps each partition of the run to the upstream partitions it
+    reads (:class:`planning.Need`: asset, key, late). Returns the outcome and, for a table with
+    ``incomplete_inputs="provisional"``, partition -> the late inputs it publishes without ("asset key")."""
+    uppers = sorted({n.asset for ns in needs.values() for n in ns})
+    published = {a: set(catalog.published_partitions(con, a)) for a in uppers}
+    missing = {k: [n for n in ns if n.key not in published[n.asset]] for k, ns in needs.items()}
+    missing = {k: ns for k, ns in missing.items() if ns}
+    allow_late = spec.incomplete_inputs == "provisional"
+    refused = {k: ns for k, ns in missing.items() if not allow_late or any(not n.late for n in ns)}
+    provisional = {k: [f"{n.asset} {n.key}" for n in ns] for k, ns in missing.items() if k not in refused}
+    read = sum(len(ns) for ns in needs.values())
+    figures = {
+        "upstream_partitions_read": read,
+        "partitions_refused": len(refused),
+        "partitions_provisional": len(provisional),
+    }
+    which = refused or missing
+    failures = [
+        {"partition": k, "missing": ", ".join(f"{n.asset} {n.key}" for n in ns)}
+        for k, ns in sorted(which.items())[:SAMPLE_ROWS]
+    ]
+    if not missing:
+        summary = f"all {plural(read, 'upstream partition')} read are published" if read else "no upstream tables"
+        return CheckOutcome(INPUTS, True, summary, figures), {}
+    absent = sorted({(n.asset, n.key) for ns in which.values() for n in ns})
+    by_asset: dict[str, list[str]] = {}
+    for asset, key in absent:
+        by_asset.setdefault(asset, []).append(key)
+    named = "; ".join(f"{a} {_preview(ks)}" for a, ks in by_asset.items())
+    if refused:
+        summary = (
+            f"{plural(len(refused), 'partition')} ({_preview(sorted(refused))}) read unpublished upstream "
+            f"partitions: {named}"
+        )
+        return CheckOutcome(INPUTS, False, summary, figures, failures), {}
+    summary = (
+        f"provisional: {plural(len(provisional), 'partition')} ({_preview(sorted(provisional))}) published before "
+        f"late inputs: {named}"
+    )
+    return CheckOutcome(INPUTS, False, summary, figures, failures, warn=True), provisional
+
+
+def provisional_published(provisional: Mapping[tuple[str, str], Sequence[str]]) -> CheckOutcome:
+    """The inputs gate over what is published: a warning naming the partitions published as provisional."""
+    keys = sorted(k for _, k in provisional)
+    figures = {"partitions_provisional": len(keys)}
+    if not keys:
+        return CheckOutcome(INPUTS, True, "no published partition is provisional", figures)
+    summary = f"provisional: {plural(len(keys), 'partition')} ({_preview(keys)}) published before late inputs"
+    failures = [{"partition": k, "missing": ", ".join(m)} for (_, k), m in sorted(provisional.items())[:SAMPLE_ROWS]]
+    return CheckOutcome(INPUTS, False, summary, figures, failures, warn=True)
 
 
 def check_complete(
@@ -325,7 +421,7 @@ def check_schema(
     for name, col in spec.columns.items():
         if name not in actual:
             failures.append({"column": name, "problem": "missing", "expected": col.type})
-        elif actual[name].upper() != col.type.upper():
+        elif canonical_type(actual[name]) != canonical_type(col.type):
             failures.append({"column": name, "problem": "type", "expected": col.type, "actual": actual[name]})
     failures += [
         {"column": c, "problem": "not declared", "actual": t} for c, t in actual.items() if c not in spec.columns
@@ -358,6 +454,15 @@ def check_schema(
     else:
         summary = f"{len(spec.columns)} columns as declared"
     return CheckOutcome(SCHEMA, not failures, summary, figures, failures)
+
+
+@functools.cache
+def canonical_type(name: str) -> str:
+    """DuckDB's own name of a type, so aliases compare equal (TIMESTAMPTZ, TIMESTAMP WITH TIME ZONE)."""
+    try:
+        return str(duckdb.sqltype(name))
+    except (duckdb.Error, RuntimeError, ValueError):
+        return name.strip().upper()
 
 
 def plural(n: int, noun: str) -> str:

@@ -22,7 +22,7 @@ import dagster as dg
 
 from . import briefs, changes, diff, history, launch, planning, warehouse
 from .audit import plural
-from .factory import WAREHOUSE_KEY
+from .factory import PROVISIONAL_METADATA, WAREHOUSE_KEY
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -60,43 +60,6 @@ def _tag(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def plan_groups(
-    defs: dg.Definitions, select: str | None, start: dt.date, end: dt.date
-) -> list[tuple[list[dg.AssetKey], list[str]]]:
-    """Selected materializable assets in ranged runs: one per partitions definition, upstream
-    groups first, each with the partitions whose whole time window lies in [start, end]."""
-    graph = defs.resolve_asset_graph()
-    keys = planning.resolve_selection(graph, select)
-    planning.check_range(graph, keys, start, end)
-    groups: dict[Any, list[dg.AssetKey]] = {}
-    for key in sorted(keys):
-        groups.setdefault(graph.get(key).partitions_def, []).append(key)
-    planned = []
-    for pdef in _upstream_first(graph, groups):
-        index = planning.partition_index(pdef)
-        lo, hi = index.within(start, end)
-        planned.append((groups[pdef], list(index.keys[lo:hi])))
-    return planned
-
-
-def _upstream_first(graph, groups: dict[Any, list[dg.AssetKey]]) -> list[Any]:
-    group_of = {k: pdef for pdef, ks in groups.items() for k in ks}
-    needs = {pdef: set() for pdef in groups}
-    for key, pdef in group_of.items():
-        for ancestor in graph.upstream_key_iterator(key):
-            if ancestor in group_of and group_of[ancestor] != pdef:
-                needs[pdef].add(group_of[ancestor])
-    order: list[Any] = []
-    while needs:
-        ready = [p for p, deps in needs.items() if deps <= set(order)]
-        if not ready:
-            raise UsageError("the selected assets' partition groups depend on each other in a cycle")
-        order += ready
-        for p in ready:
-            del needs[p]
-    return order
-
-
 def _read_warehouse(defs: dg.Definitions, required: bool = False):
     """A read-only connection to the definitions' warehouse; None (or, if `required`, a usage error) when it
     holds no catalog yet. Never creates the file."""
@@ -122,27 +85,37 @@ def _warehouse_resource(defs: dg.Definitions) -> warehouse.Warehouse:
     return resource
 
 
-def _published_everywhere(defs: dg.Definitions, keys: list[dg.AssetKey], partitions: list[str]) -> bool:
+def _published_now(defs: dg.Definitions) -> Any:
+    """asset -> its published partition keys now (read once per asset; empty without a warehouse)."""
     con = _read_warehouse(defs)
-    if con is None:
-        return False
-    try:
-        return all(set(partitions) <= warehouse.published_partitions(con, k.to_user_string()).keys() for k in keys)
-    finally:
-        con.close()
+    cache: dict[str, set[str]] = {}
+
+    def published(asset: str) -> set[str]:
+        if asset not in cache:
+            cache[asset] = set(warehouse.published_partitions(con, asset)) if con is not None else set()
+        return cache[asset]
+
+    return con, published
 
 
 def _success_status(result: dg.ExecuteInProcessResult) -> str:
-    """ "published", or what a parallel_version table did instead (see the materializations' outcome)."""
-    candidates = sorted(
-        {
-            e.asset_key.to_user_string()
-            for e in result.all_events
-            if e.event_type_value == "ASSET_MATERIALIZATION"
-            and "candidate" in str(getattr(e.event_specific_data.materialization.metadata.get("outcome"), "value", ""))
-        }
-    )
-    return "published" if not candidates else f"kept as parallel candidates of {', '.join(candidates)}"
+    """ "published", what a parallel_version table did instead, and which partitions published provisionally
+    (see each materialization's metadata)."""
+    candidates, provisional = set(), set()
+    for e in result.all_events:
+        if e.event_type_value != "ASSET_MATERIALIZATION":
+            continue
+        materialization = e.event_specific_data.materialization
+        asset = materialization.asset_key.to_user_string()
+        if "candidate" in str(getattr(materialization.metadata.get("outcome"), "value", "")):
+            candidates.add(asset)
+        if PROVISIONAL_METADATA in materialization.metadata:
+            provisional.add(f"{asset} {materialization.partition}")
+    status = "published" if not candidates else f"kept as parallel candidates of {', '.join(sorted(candidates))}"
+    if provisional:
+        status += f" ({plural(len(provisional), 'partition')} provisional, before late inputs: "
+        status += f"{_span_of(sorted(provisional))})"
+    return status
 
 
 def _failure_messages(result: dg.ExecuteInProcessResult) -> tuple[list[str], bool]:
@@ -161,32 +134,57 @@ def _failure_messages(result: dg.ExecuteInProcessResult) -> tuple[list[str], boo
     return out, held
 
 
+def materialize_runs(
+    defs: dg.Definitions, select: str | None, start: dt.date, end: dt.date
+) -> tuple[list[planning.Run], dict[str, dict[str, list[str]]], dict[str, list[str]]]:
+    """What ``materialize`` runs: the selected assets' share of ``plan``'s blast radius (one function,
+    planning.plan_range); the partitions left waiting for inputs; and of those, the ones the range itself
+    names (a selected asset's partition whose whole window lies in it), which fail the command."""
+    graph = defs.resolve_asset_graph()
+    plan = planning.plan_range(graph, select, start, end)
+    selected = planning.resolve_selection(graph, select)
+    con, published = _published_now(defs)
+    try:
+        runs, waiting = planning.materialize_runs(graph, plan, selected, published)
+    finally:
+        if con is not None:
+            con.close()
+    named = {}
+    for key, ranges in planning.selection_seeds(graph, selected, start, end).items():
+        asset = key.to_user_string()
+        index = planning.partition_index(graph.get(key).partitions_def)
+        blocked = sorted(set(index.keys_in(ranges)) & set(waiting.get(asset, ())))
+        if blocked:
+            named[asset] = blocked
+    return runs, waiting, named
+
+
 def cmd_materialize(args: argparse.Namespace) -> int:
     defs = load_definitions(args.file)
-    groups = plan_groups(defs, args.select, args.start, args.end)
+    runs, waiting, blocked = materialize_runs(defs, args.select, args.start, args.end)
     job = defs.resolve_implicit_global_asset_job_def()
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     report, code = [], EXIT_OK
-    for i, (keys, partitions) in enumerate(groups, 1):
-        names = [k.to_user_string() for k in keys]
-        entry: dict[str, Any] = {"assets": names, "partitions": len(partitions)}
-        label = f"[{i}/{len(groups)}] {', '.join(names)}"
-        if not partitions:
-            entry["status"] = "skipped: no whole partition in the range"
-        elif args.only_missing and _published_everywhere(defs, keys, partitions):
+    if not runs:
+        _say(args, "Nothing to run: no whole partition of the selection lies in the range.")
+    for i, run in enumerate(runs, 1):
+        names = [k.to_user_string() for k in run.assets]
+        entry: dict[str, Any] = {"assets": names, "partitions": len(run.keys)}
+        entry["range"] = f"{run.keys[0]}..{run.keys[-1]}"
+        label = f"[{i}/{len(runs)}] {', '.join(names)}"
+        if args.only_missing and _all_published(defs, names, run.keys):
             entry["status"] = "skipped: already published"
         else:
-            entry["range"] = f"{partitions[0]}..{partitions[-1]}"
-            _say(args, f"{label}: {plural(len(partitions), 'partition')} {entry['range']} ...")
+            _say(args, f"{label}: {plural(len(run.keys), 'partition')} {entry['range']} ...")
             started = time.perf_counter()
             result = job.execute_in_process(
                 instance=instance,
-                asset_selection=keys,
+                asset_selection=list(run.assets),
                 raise_on_error=False,
                 tags={
                     **dict(args.tag or []),
-                    "dagster/asset_partition_range_start": partitions[0],
-                    "dagster/asset_partition_range_end": partitions[-1],
+                    "dagster/asset_partition_range_start": run.keys[0],
+                    "dagster/asset_partition_range_end": run.keys[-1],
                     "backfill_assets/cli": "materialize",
                 },
                 run_config={"loggers": {"console": {"config": {"log_level": "INFO" if args.verbose else "CRITICAL"}}}},
@@ -205,10 +203,37 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             _say(args, "    consumers still read the previous versions: compare with diff, publish with cutover")
         report.append(entry)
         if code != EXIT_OK:
-            break  # later groups read what this one failed to publish
+            break  # later runs read what this one failed to publish
+    for asset, parts in sorted(waiting.items()):
+        by_input: dict[str, set[str]] = {}
+        for missing in parts.values():
+            for need in missing:
+                upstream, key = need.split(" ", 1)
+                by_input.setdefault(upstream, set()).add(key)
+        inputs = "; ".join(f"{a} {_span_of(sorted(ks))}" for a, ks in sorted(by_input.items()))
+        _say(
+            args,
+            f"not run: {asset} {_span_of(sorted(parts))} reads upstream partitions that are not published: {inputs} "
+            "(materialize them, then run this again)",
+        )
+    if blocked and code == EXIT_OK:
+        code = EXIT_HELD  # partitions the range names were not run; downstream ones reached from it may wait
     if args.json:
-        print(json.dumps({"runs": report, "ok": code == EXIT_OK}, indent=2))
+        print(json.dumps({"runs": report, "waiting": waiting, "ok": code == EXIT_OK}, indent=2))
     return code
+
+
+def _span_of(keys: Sequence[str]) -> str:
+    return keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]} ({len(keys)} partitions)"
+
+
+def _all_published(defs: dg.Definitions, assets: Sequence[str], keys: Sequence[str]) -> bool:
+    con, published = _published_now(defs)
+    try:
+        return all(set(keys) <= published(a) for a in assets)
+    finally:
+        if con is not None:
+            con.close()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -222,11 +247,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else:
             if not (args.start and args.end):
                 raise UsageError("give --from and --to (or --stale)")
-            keys = planning.resolve_selection(graph, args.select)
-            planning.check_range(graph, keys, args.start, args.end)
-            seeds, reasons = planning.selection_seeds(graph, keys, args.start, args.end), {}
+            plan = planning.plan_range(graph, args.select, args.start, args.end)
             description = f"{args.select or 'all assets'} over {args.start}..{args.end}"
-        plan = planning.add_warehouse_facts(planning.blast_radius(graph, seeds, reasons), con)
+        if args.stale:
+            plan = planning.blast_radius(graph, seeds, reasons)
+        plan = planning.add_warehouse_facts(plan, con)
     finally:
         if con is not None:
             con.close()

@@ -5,11 +5,12 @@ from typing import Any
 
 import dagster as dg
 
-from . import audit, changes
+from . import audit, changes, planning
 from .publish import RunReport, Transform, audit_published, write_audit_publish
 from .spec import Consumer, TableSpec
 
 POOL = "duckdb"
+PROVISIONAL_METADATA = "provisional: published without"  # partition metadata naming the late inputs it lacks
 WAREHOUSE_KEY = "warehouse"
 BRIEF_TAG = "backfill_assets/brief"  # run tag: the brief a backfill was launched from
 OWNER_TAG = "backfill_assets/owner"  # run tag: the brief's owner, whom the ledger records as the actor
@@ -62,6 +63,7 @@ def derived_asset(
                 return
             keys = context.partition_keys
             context.log.info(f"{spec.name}: writing {len(keys)} partitions {keys[0]}..{keys[-1]} as a new version")
+            graph = context.job_def.asset_layer.asset_graph
             report = write_audit_publish(
                 con,
                 spec,
@@ -71,6 +73,7 @@ def derived_asset(
                 params=bound,
                 record={"run_tags": {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
                 log=context.log.info,
+                inputs=planning.required_inputs(graph, spec.key, keys, planning.upstream_tables(graph, spec.key)),
                 **_who_and_why(context.run),
             )
         # Every check gates the publish; Dagster is told only the outcomes of the checks it selected.
@@ -81,6 +84,9 @@ def derived_asset(
                 description=report.failure_message(), metadata={"held_partitions": len(keys)}, allow_retries=False
             )
         verb = "published" if report.published else f"kept as a parallel candidate ({spec.name}__candidate) of"
+        if report.provisional:
+            verb = "provisionally published"
+            context.log.warning(f"{spec.name}: {report.outcomes[0].summary}")
         context.log.info(
             f"{spec.name}: {verb} {len(keys)} partitions, {report.rows} rows "
             f"(transform {report.transform_s:.2f}s, audit {report.audit_s:.2f}s)"
@@ -121,7 +127,9 @@ def _asset_spec(spec: TableSpec, deps) -> dg.AssetSpec:
     metadata: dict[str, Any] = {
         "dagster/table_name": f"main.{spec.name}",
         "grain": ", ".join(spec.grain),
-        "partition_column": spec.partition_column,
+        planning.TABLE_METADATA: spec.partition_column,
+        "partition_type": spec.partition_type,
+        "incomplete_inputs": spec.incomplete_inputs,
         "write_strategy": spec.write_strategy,
         "retention": dg.MetadataValue.json({"keep_versions": spec.keep_versions, "keep_days": spec.keep_days}),
     }
@@ -168,7 +176,7 @@ def _check_result(spec: TableSpec, o: audit.CheckOutcome) -> dg.AssetCheckResult
         check_name=o.name,
         passed=o.passed,
         metadata=metadata,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=dg.AssetCheckSeverity.WARN if o.warn else dg.AssetCheckSeverity.ERROR,
         description=o.summary,
     )
 
@@ -213,6 +221,8 @@ def _partition_metadata(report: RunReport, key: str) -> dict[str, Any]:
     """Per partition: rows, content hash, version, and each metric after (and before) this publish."""
     version, rows, content_hash = report.partitions[key]
     md: dict[str, Any] = {"dagster/row_count": rows, "content_hash": content_hash, "version": version}
+    if key in report.provisional:
+        md[PROVISIONAL_METADATA] = ", ".join(report.provisional[key])
     before = report.metrics_before.get(key, {})
     for metric, value in report.metrics_after.get(key, {}).items():
         md[metric] = _number(value)

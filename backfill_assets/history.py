@@ -14,10 +14,10 @@ from typing import Any
 
 import duckdb
 
-from . import audit, changes, diff
+from . import audit, catalog, changes, diff
 from . import warehouse as wh
+from .catalog import OUTSIDE_WINDOW
 
-OUTSIDE_WINDOW = "<outside window>"
 GROUPING_TAGS = ("dagster/backfill", "backfill_assets/brief")  # run tags that make several runs one backfill
 
 
@@ -82,53 +82,51 @@ def published_versions(con: duckdb.DuckDBPyConnection, asset: str) -> dict[str, 
 def rollback_targets(
     con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str], to_version: int | None = None
 ) -> dict[str, int]:
-    """partition -> the version a rollback publishes: `to_version`, or the one published before the current.
+    """partition -> the version a rollback publishes: `to_version`, or what the pointer held before its last
+    change (from the pointer history: after publishing g1, g2, g3, rolling back, publishing g4 and rolling back
+    again, that is g2, never the rolled-back g3; a further rollback goes on to g1).
 
-    Refuses (HistoryError) when a partition has nothing published, no earlier version, or a target whose
+    Refuses (HistoryError) when a partition has nothing published, no earlier state, or a target whose
     rows retention removed.
     """
     if to_version is not None and len(keys) != 1:
         raise HistoryError("--to-version names one version, so give one --partition")
     published = published_versions(con, asset)
-    targets = {}
     for key in keys:
         if key not in published:
             raise HistoryError(f"{asset} [{key}] has no published version to roll back")
-        if to_version is not None:
-            found = con.execute(
-                "SELECT status, decided_at FROM bfa.versions WHERE version = ? AND asset = ? AND partition_key = ?",
-                [to_version, asset, key],
-            ).fetchall()
-            if not found:
-                raise HistoryError(f"version {to_version} is not a version of {asset} [{key}]")
-            status, when = found[0]
-            if status == "vacuumed":
-                raise HistoryError(
-                    f"version {to_version} of {asset} [{key}] was removed by retention on "
-                    f"{when:%Y-%m-%d}; it cannot be published again. Nothing was changed."
-                )
-            if status not in wh.ROLLBACK_TARGETS:
-                raise HistoryError(
-                    f"version {to_version} of {asset} [{key}] is {status}, not an earlier published "
-                    "version" + ("; use approve for held versions" if status == "held" else "")
-                )
-            targets[key] = to_version
-            continue
-        earlier = con.execute(
-            "SELECT version, status FROM bfa.versions WHERE asset = ? AND partition_key = ? AND version < ? "
-            "AND status IN ('superseded', 'rolled_back', 'vacuumed') ORDER BY version DESC LIMIT 1",
-            [asset, key, published[key]],
-        ).fetchall()
-        if not earlier:
+    if to_version is not None:
+        (key,) = keys
+        found = catalog.version_info(con, asset, key, to_version)
+        if found is None:
+            raise HistoryError(f"version {to_version} is not a version of {asset} [{key}]")
+        _check_restorable(asset, key, to_version, *found, named=True)
+        return {key: to_version}
+    previous = catalog.previous_versions(con, asset, keys)
+    targets = {}
+    for key in keys:
+        if key not in previous:
             raise HistoryError(f"{asset} [{key}] has no earlier version to roll back to")
-        version, status = earlier[0]
-        if status == "vacuumed":
-            raise HistoryError(
-                f"the version of {asset} [{key}] before the published one ({version}) was removed by "
-                "retention; it cannot be published again. Nothing was changed."
-            )
+        version, status = previous[key]
+        _check_restorable(asset, key, version, status, None, named=False)
         targets[key] = version
     return targets
+
+
+def _check_restorable(
+    asset: str, key: str, version: int, status: str, when: dt.datetime | None, named: bool
+) -> None:
+    if status == "vacuumed":
+        what = f"version {version} of {asset} [{key}]" if named else (
+            f"the version of {asset} [{key}] before the published one ({version})"
+        )
+        on = f" on {when:%Y-%m-%d}" if when else ""
+        raise HistoryError(f"{what} was removed by retention{on}; it cannot be published again. Nothing was changed.")
+    if status not in catalog.ROLLBACK_TARGETS:
+        raise HistoryError(
+            f"version {version} of {asset} [{key}] is {status}, not an earlier published "
+            "version" + ("; use approve for held versions" if status == "held" else "")
+        )
 
 
 def cascade_targets(
@@ -176,10 +174,18 @@ def _run_of(con: duckdb.DuckDBPyConnection, version: int) -> str | None:
 
 
 def rollback(
-    con: duckdb.DuckDBPyConnection, targets: dict[str, dict[str, int]], reason: str, actor: str | None
+    con: duckdb.DuckDBPyConnection,
+    targets: dict[str, dict[str, int]],
+    reason: str,
+    actor: str | None,
+    to_version: bool = False,
 ) -> None:
-    """Publish the target versions again, atomically across every asset; the displaced ones are rolled back."""
-    wh.repoint(con, targets, action="rollback", displaced="rolled_back", reason=reason, actor=actor)
+    """Publish the target versions again, atomically across every asset; the displaced ones are rolled back.
+    The targets come from :func:`rollback_targets`: each partition steps back to its state before its last
+    change, unless `to_version` (an explicit version, which a later rollback undoes like a publish)."""
+    wh.repoint(
+        con, targets, action="rollback", displaced="rolled_back", step_back=not to_version, reason=reason, actor=actor
+    )
 
 
 def held_versions(
@@ -288,21 +294,13 @@ def brief_protected_versions(con: duckdb.DuckDBPyConnection, brief_ids: Iterable
     if not ids:
         return set()
     made = con.execute(
-        "SELECT DISTINCT v.version, v.asset, v.partition_key FROM bfa.ledger l, unnest(l.versions) AS u(version) "
-        "JOIN bfa.versions v ON v.version = u.version "
+        "SELECT entry_id, versions FROM bfa.ledger l "
         f"WHERE l.action = 'publish' AND {_tag_of_entry('backfill_assets/brief', 'l.')} IN (SELECT unnest(?))",
         [ids],
     ).fetchall()
-    protected = {v for v, _, _ in made}
-    for version, asset, key in made:
-        before = con.execute(
-            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND partition_key = ? AND version < ? "
-            "AND status IN ('published', 'superseded', 'rolled_back')",
-            [asset, key, version],
-        ).fetchall()[0][0]
-        if before is not None:
-            protected.add(before)
-    return protected
+    protected = {v for _, versions in made for v in versions}
+    entries = [e for e, _ in made]
+    return protected | catalog.replaced_by_entries(con, entries)
 
 
 def vacuum(con: duckdb.DuckDBPyConnection, candidates: Sequence[Mapping[str, Any]]) -> int:
@@ -366,13 +364,9 @@ def _version_named(con, asset: str, key: str, name: str, published: int | None, 
     if name == "held" and pending is not None:
         return pending
     if name == "previous" and published is not None:
-        earlier = con.execute(
-            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND partition_key = ? AND version < ? "
-            "AND status IN ('superseded', 'rolled_back')",
-            [asset, key, published],
-        ).fetchall()[0][0]
-        if earlier is not None:
-            return earlier
+        earlier = catalog.previous_versions(con, asset, [key]).get(key)
+        if earlier is not None and earlier[1] in catalog.ROLLBACK_TARGETS:
+            return earlier[0]
     if name not in ("published", "previous", "held"):
         raise HistoryError(f"{name!r} is not a version: use a number, published, previous or held")
     raise HistoryError(f"{asset} [{key}] has no {name} version to compare")

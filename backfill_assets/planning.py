@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +18,10 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import duckdb
 
+from . import catalog
+
 Ranges = list[tuple[int, int]]  # sorted, disjoint, half-open [lo, hi) partition index ranges
+TABLE_METADATA = "partition_column"  # definition metadata every derived table has (set by derived_asset)
 
 
 class PlanError(ValueError):
@@ -283,6 +286,154 @@ def _map_edge(graph, parent: dg.AssetKey, child: dg.AssetKey, ranges: Ranges) ->
     return map_downstream(ranges, partition_index(parent_def), partition_index(child_def), *offsets)
 
 
+@dataclass(frozen=True)
+class Need:
+    """An upstream partition a partition reads; `late`: it starts after the reading partition ends (late data)."""
+
+    asset: str
+    key: str
+    late: bool
+
+
+def required_inputs(
+    graph, child: dg.AssetKey, keys: Sequence[str], parents: Iterable[dg.AssetKey]
+) -> dict[str, list[Need]]:
+    """partition of `child` -> every partition of each of `parents` it reads through its partition mapping
+    (Dagster's own mapping API), including partitions that do not exist yet: Dagster leaves those out of a
+    mapping's answer, so both definitions are extended past their last partition first."""
+    child_def = graph.get(child).partitions_def
+    out: dict[str, list[Need]] = {k: [] for k in keys}
+    for parent in parents:
+        parent_def = graph.get(parent).partitions_def
+        mapping = graph.get_partition_mapping(child, parent)
+        offset = getattr(mapping, "end_offset", 0)
+        wide_child = _extended(child_def, offset + 1)
+        wide_parent = _extended(parent_def, _span(child_def, parent_def, offset + 1))
+        for key in keys:
+            window = child_def.time_window_for_partition_key(key)
+            mapped = mapping.get_upstream_mapped_partitions_result_for_partitions(
+                wide_child.subset_with_partition_keys([key]), wide_child, wide_parent
+            ).partitions_subset.get_partition_keys()
+            out[key] += [
+                Need(parent.to_user_string(), k, wide_parent.time_window_for_partition_key(k).start >= window.end)
+                for k in mapped
+            ]
+    return out
+
+
+def _extended(pdef: dg.TimeWindowPartitionsDefinition, extra: int) -> dg.TimeWindowPartitionsDefinition:
+    """`pdef` with `extra` more partitions after its last one (and no end date)."""
+    return dg.TimeWindowPartitionsDefinition(
+        start=pdef.start,
+        cron_schedule=pdef.cron_schedule,
+        timezone=pdef.timezone,
+        fmt=pdef.fmt,
+        end_offset=pdef.end_offset + max(extra, 0),
+        exclusions=pdef.exclusions,
+    )
+
+
+def _span(child_def, parent_def, child_partitions: int) -> int:
+    """How many of `parent_def`'s partitions `child_partitions` of `child_def`'s can cover (rounded up)."""
+    c = child_def.time_window_for_partition_key(child_def.get_first_partition_key())
+    p = parent_def.time_window_for_partition_key(parent_def.get_first_partition_key())
+    ratio = (c.end - c.start) / (p.end - p.start)
+    return int(ratio * child_partitions) + 2
+
+
+def upstream_tables(graph, key: dg.AssetKey) -> list[dg.AssetKey]:
+    """The parents of `key` that are derived tables (whose published partitions the warehouse knows)."""
+    return [p for p in sorted(graph.get(key).parent_keys) if TABLE_METADATA in graph.get(p).metadata]
+
+
+def plan_range(graph, select: str | None, start: dt.date, end: dt.date) -> Plan:
+    """The blast radius of backfilling the selection over the days start..end: each selected asset's partitions
+    whose whole window lies in the range, and everything downstream they reach. `plan` shows it and
+    `materialize` runs its selected assets' share of it (:func:`materialize_runs`)."""
+    keys = resolve_selection(graph, select)
+    check_range(graph, keys, start, end)
+    return blast_radius(graph, selection_seeds(graph, keys, start, end))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ranged Dagster run: assets of one partitions definition over one contiguous range of keys."""
+
+    assets: tuple[dg.AssetKey, ...]
+    keys: tuple[str, ...]
+
+
+def materialize_runs(
+    graph, plan: Plan, selected: set[dg.AssetKey], published: Callable[[str], set[str]]
+) -> tuple[list[Run], dict[str, dict[str, list[str]]]]:
+    """The runs that rebuild the plan's partitions of the `selected` assets, parents first, and the partitions
+    left waiting: asset -> partition -> the upstream partitions it reads that are neither published
+    (`published(asset)`) nor rebuilt by an earlier run (a provisional table does not wait for late inputs).
+    A waiting partition is not run: its run would be refused by the inputs gate."""
+    planned: dict[dg.AssetKey, list[str]] = {}
+    waiting: dict[str, dict[str, list[str]]] = {}
+    impacts = {i.asset: i for i in plan.tables}
+    order = [k for k in _downstream_order(graph, [dg.AssetKey.from_user_string(a) for a in impacts]) if k in selected]
+    for key in order:
+        impact = impacts.get(key.to_user_string())
+        if impact is None or not impact.keys:
+            continue
+        node = graph.get(key)
+        provisional = _metadata_value(node.metadata.get("incomplete_inputs")) == "provisional"
+        rebuilt = {p.to_user_string(): set(planned.get(p, ())) for p in node.parent_keys}
+        ready = []
+        for part, needs in required_inputs(graph, key, impact.keys, upstream_tables(graph, key)).items():
+            missing = [
+                f"{n.asset} {n.key}"
+                for n in needs
+                if not (n.key in published(n.asset) or n.key in rebuilt[n.asset] or (n.late and provisional))
+            ]
+            if missing:
+                waiting.setdefault(key.to_user_string(), {})[part] = missing
+            else:
+                ready.append(part)
+        planned[key] = ready
+    return _runs(graph, order, planned), waiting
+
+
+def _metadata_value(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def _runs(graph, order: Sequence[dg.AssetKey], planned: Mapping[dg.AssetKey, list[str]]) -> list[Run]:
+    """Contiguous ranges of each asset's keys, assets of one definition and range in one run, parents first."""
+    groups: dict[tuple, list[dg.AssetKey]] = {}
+    for key in order:
+        pdef = graph.get(key).partitions_def
+        index = partition_index(pdef)
+        for lo, hi in index.ranges_of(planned.get(key, ())):
+            groups.setdefault((pdef, lo, hi), []).append(key)
+    group_of = {}
+    for group, keys in groups.items():
+        for key in keys:
+            group_of.setdefault(key, []).append(group)
+    needs = {
+        g: {h for k in keys for a in graph.upstream_key_iterator(k) for h in group_of.get(a, ()) if h != g}
+        for g, keys in groups.items()
+    }
+    runs: list[Run] = []
+    done: set[tuple] = set()
+    while needs:
+        ready = [g for g, deps in needs.items() if deps <= done]
+        if not ready:  # ranges that interleave across definitions: one run per asset range, in lineage order
+            return [
+                Run((k,), tuple(partition_index(graph.get(k).partitions_def).keys[lo:hi]))
+                for k in order
+                for _, lo, hi in group_of.get(k, ())
+            ]
+        for g in ready:
+            pdef, lo, hi = g
+            runs.append(Run(tuple(groups[g]), tuple(partition_index(pdef).keys[lo:hi])))
+            done.add(g)
+            del needs[g]
+    return runs
+
+
 def resolve_selection(graph, select: str | None) -> set[dg.AssetKey]:
     """Materializable assets of a Dagster selection string (all of them when None)."""
     try:
@@ -373,26 +524,48 @@ def seconds_per_partition(con: duckdb.DuckDBPyConnection, assets: Sequence[str],
 
 
 def stale_seeds(graph, con: duckdb.DuckDBPyConnection) -> tuple[dict[dg.AssetKey, Ranges], dict[dg.AssetKey, str]]:
-    """Partitions published under another code version than the current definition's."""
-    seeds, reasons = {}, {}
+    """Partitions published under another code version than the current definition's, and provisional ones
+    whose late inputs are all published now (they were made without them)."""
+    stale: dict[str, list[str]] = {}
+    why: dict[str, list[str]] = {}
     published = con.execute(
         "SELECT p.asset, p.partition_key, v.code_version FROM bfa.published p JOIN bfa.versions v USING (version)"
     ).fetchall()
-    by_asset: dict[str, list[tuple[str, str]]] = {}
+    codes: dict[str, set[str]] = {}
     for asset, key, code in published:
-        by_asset.setdefault(asset, []).append((key, code))
-    for asset, entries in sorted(by_asset.items()):
+        node = _table_node(graph, asset)
+        if node is not None and code != node.code_version:
+            stale.setdefault(asset, []).append(key)
+            codes.setdefault(asset, set()).add(code)
+    for asset, old in codes.items():
+        current = graph.get(dg.AssetKey(asset)).code_version
+        why.setdefault(asset, []).append(
+            f"stale: published under code version {', '.join(sorted(old))}, current {current}"
+        )
+    now_published: dict[str, set[str]] = {}
+    ready: dict[str, list[str]] = {}
+    for (asset, key), missing in catalog.provisional(con).items():
+        inputs = [m.split(" ", 1) for m in missing]
+        for upstream, _ in inputs:
+            if upstream not in now_published:
+                now_published[upstream] = set(catalog.published_partitions(con, upstream))
+        if _table_node(graph, asset) is not None and all(k in now_published[u] for u, k in inputs):
+            ready.setdefault(asset, []).append(key)
+    for asset, keys in ready.items():
+        stale.setdefault(asset, []).extend(keys)
+        why.setdefault(asset, []).append(f"provisional: {len(keys)} published before late inputs that are in now")
+    seeds, reasons = {}, {}
+    for asset, keys in sorted(stale.items()):
         key = dg.AssetKey(asset)
-        if not graph.has(key) or not graph.get(key).is_materializable:
-            continue
-        node = graph.get(key)
-        stale = [(k, code) for k, code in entries if code != node.code_version]
-        if stale:
-            index = partition_index(node.partitions_def)
-            seeds[key] = index.ranges_of(k for k, _ in stale if k in index.positions)
-            old = sorted({code for _, code in stale})
-            reasons[key] = f"stale: published under code version {', '.join(old)}, current {node.code_version}"
+        index = partition_index(graph.get(key).partitions_def)
+        seeds[key] = index.ranges_of(k for k in set(keys) if k in index.positions)
+        reasons[key] = "; ".join(why[asset])
     return seeds, reasons
+
+
+def _table_node(graph, asset: str):
+    key = dg.AssetKey(asset)
+    return graph.get(key) if graph.has(key) and graph.get(key).is_materializable else None
 
 
 def render(plan: Plan) -> str:

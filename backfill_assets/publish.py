@@ -3,30 +3,31 @@ published one, audit it, and flip the pointer only when every check passes; othe
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import pandas as pd
 
-from . import audit, warehouse
-from .spec import TableSpec
+from . import audit, catalog, warehouse
+from . import partitions as schemes
+from .partitions import Bound, Window
+from .spec import TableSpec, quote_ident
 
 SOURCE_VIEW = "_bfa_source"
 MERGED_VIEW = "_bfa_merged"
-Window = tuple[str, dt.date, dt.date]  # a partition's key, start and end (exclusive)
 
 
 @dataclass(frozen=True)
 class TransformContext:
-    """What a Python transform gets: an open connection and the window it must produce (end exclusive)."""
+    """What a Python transform gets: an open connection and the window it must produce (end exclusive; dates
+    or timestamps, as the partition column holds them)."""
 
     con: duckdb.DuckDBPyConnection
-    start: dt.date
-    end: dt.date
+    start: Bound
+    end: Bound
     partition_keys: Sequence[str]
     params: Mapping[str, Any]
 
@@ -44,17 +45,20 @@ class RunReport:
     """What one write-audit-publish run did."""
 
     asset: str
-    outcome: str  # "publish", "candidate" (parallel_version: kept for cutover) or "hold"
+    outcome: str  # "publish", "candidate" (parallel_version: kept for cutover), "hold" or "refuse" (inputs)
     outcomes: list[audit.CheckOutcome]
     partitions: dict[str, tuple[int, int, str]]  # key -> (version, rows, content hash)
     metrics_before: dict[str, dict[str, Any]]  # key -> metric -> value
     metrics_after: dict[str, dict[str, Any]]
     transform_s: float
     audit_s: float
+    keys: list[str]  # the run's partitions
+    # partition -> the late inputs it was published without (TableSpec.incomplete_inputs="provisional")
+    provisional: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return self.outcome != "hold"
+        return self.outcome not in ("hold", "refuse")
 
     @property
     def published(self) -> bool:
@@ -66,12 +70,18 @@ class RunReport:
 
     @property
     def failed(self) -> list[audit.CheckOutcome]:
-        return [o for o in self.outcomes if not o.passed]
+        """The checks that stopped the publish."""
+        return [o for o in self.outcomes if o.blocks]
 
     def failure_message(self) -> str:
-        keys = sorted(self.partitions)
+        keys = sorted(self.keys)
         where = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
         checks = "; ".join(f"check '{o.name}' failed: {o.summary}" for o in self.failed)
+        if self.outcome == "refuse":
+            return (
+                f"{self.asset} [{where}] not run: {checks}. Nothing was computed and published data is unchanged; "
+                "materialize those upstream partitions first."
+            )
         return (
             f"{self.asset} [{where}] held, not published: {checks}. "
             "Published data is unchanged; the candidate is kept as a held version for inspection."
@@ -90,18 +100,29 @@ def write_audit_publish(
     actor: str | None = None,
     reason: str | None = None,
     log: Callable[[str], None] | None = None,
+    inputs: Mapping[str, Sequence[Any]] | None = None,
 ) -> RunReport:
     """Run `transform` for `partition_keys` and publish the result only if every check passes.
 
     `params` are bound into the transform and rule SQL; `record` is extra run context stored in
     the ledger (run tags, brief id, ...); secrets belong in `params`, never in `record`. The ledger
     names `actor` (default: the OS user) and `reason` (default: the run; a hold's reason is its failure).
+    `inputs`: partition -> the upstream partitions it reads (:func:`planning.required_inputs`); when one is
+    not published the run is refused before the transform runs (outcome "refuse", nothing staged).
     A range longer than ``spec.partitions_per_write`` is staged (and reconciled) in slices; each write is
     reported to `log`.
     """
     if not partition_keys:
         raise ValueError(f"{spec.name}: no partitions to write")
     params = dict(params or {})
+    gate, provisional = audit.check_inputs(con, spec, inputs or {})
+    if gate.blocks:
+        report = RunReport(spec.name, "refuse", [gate], {}, {}, {}, 0.0, 0.0, list(partition_keys))
+        catalog.ledger(
+            con, spec.name, "refuse", run_id, partition_keys=list(partition_keys), code_version=spec.code_version,
+            checks=_checks_json([gate]), reason=report.failure_message(), actor=actor,
+        )  # fmt: skip
+        return report
     windows = _windows(spec, partition_keys)
     partitions, window, slices = [(k, start) for k, start, _ in windows], _span(windows), _slices(spec, windows)
     warehouse.abandon_orphans(con, spec.name)
@@ -121,7 +142,11 @@ def write_audit_publish(
         t1 = time.perf_counter()
         warehouse.create_candidate_views(con, spec.name, spec.partition_column)
         stats, profile = warehouse.profile_versions(
-            con, spec.name, [*cand.versions.values(), cand.stray_version], *audit.profile_aggregates(con, spec)
+            con,
+            spec.name,
+            [*cand.versions.values(), cand.stray_version],
+            *audit.profile_aggregates(con, spec),
+            columns=list(produced),
         )
         profile_s = time.perf_counter() - t1  # the one scan of the staged rows most checks read
         previous = warehouse.published_partitions(con, spec.name)
@@ -137,35 +162,53 @@ def write_audit_publish(
             columns=produced,
         )
         t2 = time.perf_counter()
+        outcomes.insert(0, gate)
+        passed = not any(o.blocks for o in outcomes)
+        report = RunReport(
+            spec.name,
+            ("candidate" if spec.write_strategy == "parallel_version" else "publish") if passed else "hold",
+            outcomes,
+            {k: (v, *stats[v]) for k, v in cand.versions.items()},
+            before,
+            after,
+            t1 - t0,
+            t2 - t1,
+            [k for k, _ in partitions],
+            provisional if passed else {},
+        )
+        ledger = {
+            "checks": _checks_json(outcomes),
+            "metrics": {"before": before, "after": after},
+            "params": {
+                "window": window,
+                "timings_s": {"transform": report.transform_s, "audit": report.audit_s, "profile": profile_s},
+                **(record or {}),
+            },
+        }
+        why = (reason or f"run {run_id}") if report.passed else report.failure_message()
+        warehouse.decide(
+            con, cand, stats, outcome=report.outcome, columns=list(produced), version_metrics=after,
+            provisional=report.provisional, reason=why, actor=actor, **ledger,
+        )  # fmt: skip
     except BaseException:
+        catalog.finished(cand)
         warehouse.abandon_orphans(con, spec.name)
         raise
-    passed = all(o.passed for o in outcomes)
-    report = RunReport(
-        spec.name,
-        ("candidate" if spec.write_strategy == "parallel_version" else "publish") if passed else "hold",
-        outcomes,
-        {k: (v, *stats[v]) for k, v in cand.versions.items()},
-        before,
-        after,
-        t1 - t0,
-        t2 - t1,
-    )
-    ledger = {
-        "checks": {
-            o.name: {"passed": o.passed, "summary": o.summary, "figures": o.figures, "seconds": round(o.seconds, 4)}
-            for o in outcomes
-        },
-        "metrics": {"before": before, "after": after},
-        "params": {
-            "window": window,
-            "timings_s": {"transform": report.transform_s, "audit": report.audit_s, "profile": profile_s},
-            **(record or {}),
-        },
-    }
-    why = (reason or f"run {run_id}") if report.passed else report.failure_message()
-    warehouse.decide(con, cand, stats, outcome=report.outcome, version_metrics=after, reason=why, actor=actor, **ledger)
+    catalog.finished(cand)
     return report
+
+
+def _checks_json(outcomes: Sequence[audit.CheckOutcome]) -> dict[str, Any]:
+    return {
+        o.name: {
+            "passed": o.passed,
+            "summary": o.summary,
+            "figures": o.figures,
+            "seconds": round(o.seconds, 4),
+            **({"warn": True} if o.warn else {}),
+        }
+        for o in outcomes
+    }
 
 
 def audit_published(
@@ -194,17 +237,17 @@ def audit_published(
         rows={k: v[1] for k, v in published.items()},
         previous_rows={},
         profile={k: profile[v] for k, v in versions.items() if v in profile},
+        cross_partition=False,  # the candidate is the whole table: duplicates across partitions are duplicates
     )
-    return outcomes
+    return [audit.provisional_published(catalog.provisional(con, spec.name)), *outcomes]
 
 
 def _windows(spec: TableSpec, keys: Sequence[str]) -> list[Window]:
-    """(key, start, end exclusive) of each partition, in time order."""
-    windows = [spec.partitions.time_window_for_partition_key(k) for k in keys]
-    return sorted(((k, w.start.date(), w.end.date()) for k, w in zip(keys, windows, strict=True)), key=lambda x: x[1])
+    """(key, start, end exclusive) of each partition, in time order, as the partition column holds them."""
+    return schemes.windows(spec.partitions, spec.partition_type, keys)
 
 
-def _span(windows: Sequence[Window]) -> dict[str, dt.date]:
+def _span(windows: Sequence[Window]) -> dict[str, Bound]:
     """The window sorted partitions span: {start, end (exclusive)}."""
     return {"start": windows[0][1], "end": windows[-1][2]}
 
@@ -227,7 +270,9 @@ def _stage(con, spec, transform, cand, windows, params) -> list[tuple[str, str]]
     return warehouse.stage(con, cand, spec.partition_column, staged_from)
 
 
-def _audit(con, spec, params, slices, *, rows, previous_rows, profile, stray_rows=0, columns=None):
+def _audit(
+    con, spec, params, slices, *, rows, previous_rows, profile, stray_rows=0, columns=None, cross_partition=True
+):
     by_date = {start: k for part in slices for k, start, _ in part}
     after = {d: audit.profiled_metrics(profile[k]) for d, k in by_date.items() if k in profile and spec.metrics}
     before = audit.metric_values(con, spec, "previous")
@@ -239,7 +284,8 @@ def _audit(con, spec, params, slices, *, rows, previous_rows, profile, stray_row
         outcomes.append(check(*args))
         outcomes[-1].seconds = time.perf_counter() - started
 
-    run(audit.check_unique, con, spec, null_keys)
+    published = f"main.{quote_ident(spec.name)}" if cross_partition and warehouse.table_exists(con, spec.name) else None
+    run(audit.check_unique, con, spec, null_keys, published)
     run(audit.check_complete, spec, rows, previous_rows, profile, stray_rows)
     if spec.rules:
         run(audit.check_reconciled, con, spec, params, after, slices)

@@ -9,12 +9,17 @@ from typing import Any
 
 import dagster as dg
 
+from . import partitions as schemes
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 WRITE_STRATEGIES = ("partition_overwrite", "merge_by_key", "parallel_version")
 MISSING_KEY_POLICIES = ("keep", "delete")
-RESERVED_NAMES = {"versions", "published", "ledger", "version_seq", "ledger_seq"}  # bfa.<name> catalog objects
+RESERVED_NAMES = {  # bfa.<name> catalog objects
+    "versions", "published", "ledger", "pointer_history", "version_seq", "ledger_seq", "pointer_seq"
+}  # fmt: skip
+INCOMPLETE_INPUTS = ("refuse", "provisional")
 
 
 class SpecError(ValueError):
@@ -77,7 +82,8 @@ class Reconcile:
     """The table's `metric` must equal, per partition, the value computed by `expected_sql`.
 
     `expected_sql` returns two columns, ``(partition_date, value)``, one row per partition; it may
-    use the bound window parameters ``$start`` and ``$end`` (dates, end exclusive). A long run evaluates it
+    use the bound window parameters ``$start`` and ``$end`` (end exclusive; dates or timestamps, as the
+    partition column holds them). A long run evaluates it
     once per slice of ``partitions_per_write`` partitions, so a partition's value must not depend on which
     window holds it. A partition passes when ``|actual - expected| <= abs_tol`` or ``<= rel_tol * |expected|``.
     To compare with an upstream table's own metric without rescanning its rows, select from
@@ -110,8 +116,9 @@ class Invariant:
 class TableSpec:
     """A partitioned, versioned derived table.
 
-    The `partition_column` is a DATE column holding the start date of the row's partition
-    (the day, the week's first day, the month's first day).
+    The `partition_column` holds the start of the row's partition: a DATE for partitions that start at
+    midnight (the day, the week's first day, the month's first day), a TIMESTAMPTZ for any time window
+    (hourly, an hour offset), or a TIMESTAMP for a definition in UTC (see :mod:`backfill_assets.partitions`).
     """
 
     name: str
@@ -145,6 +152,11 @@ class TableSpec:
     # Personal data that must never reach this table: label -> regular expression (RE2, matched anywhere in
     # the value) or Pattern, checked on every row of every text column by the blocking check `no_personal_data`.
     personal_data: dict[str, str | Pattern] = field(default_factory=dict)
+    # A partition runs only when every upstream partition its partition mappings read is published (the
+    # blocking gate `inputs_complete`). "provisional": a partition may publish while inputs from after its own
+    # window are missing (late data not in yet, e.g. today's partition of a table that reads D..D+3); such a
+    # version is marked provisional and `plan --stale` lists it once those inputs are published.
+    incomplete_inputs: str = "refuse"
 
     def __post_init__(self) -> None:
         where = f"table spec {self.name!r}"
@@ -157,15 +169,23 @@ class TableSpec:
             except SpecError as e:
                 raise SpecError(f"{where}: {e}") from None
         if not isinstance(self.partitions, dg.TimeWindowPartitionsDefinition):
-            raise SpecError(f"{where}: partitions must be a time-window partitions definition (daily, weekly, monthly)")
+            raise SpecError(
+                f"{where}: partitions must be a time-window partitions definition (hourly, daily, weekly, monthly "
+                f"or a cron); {type(self.partitions).__name__} is not supported yet"
+            )
+        declared = self.columns.get(self.partition_column)
+        try:
+            schemes.column_type(self.partitions, declared.type if declared else None, where)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+        if self.incomplete_inputs not in INCOMPLETE_INPUTS:
+            raise SpecError(f"{where}: incomplete_inputs must be 'refuse' or 'provisional'")
         if not self.grain:
             raise SpecError(f"{where}: declare the grain, the columns that identify one row")
         if self.columns:
             missing = [c for c in (self.partition_column, *self.grain) if c not in self.columns]
             if missing:
                 raise SpecError(f"{where}: grain/partition columns {missing} are not among the declared columns")
-            if self.columns[self.partition_column].type.upper() != "DATE":
-                raise SpecError(f"{where}: partition column {self.partition_column!r} must have type DATE")
         for rule in self.rules:
             if isinstance(rule, Reconcile) and rule.metric not in self.metrics:
                 raise SpecError(
@@ -193,6 +213,12 @@ class TableSpec:
                 raise SpecError(f"{where}: personal_data {label!r} is not a regular expression: {e}") from None
         if len({r.name for r in self.rules}) != len(self.rules):
             raise SpecError(f"{where}: rule names must be unique")
+
+    @property
+    def partition_type(self) -> str:
+        """DATE, TIMESTAMP or TIMESTAMPTZ: how the partition column holds a partition's start."""
+        declared = self.columns.get(self.partition_column)
+        return schemes.column_type(self.partitions, declared.type if declared else None, self.name)
 
     @property
     def backfill_policy(self) -> dg.BackfillPolicy:

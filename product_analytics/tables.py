@@ -131,6 +131,8 @@ events_clean_spec = bfa.TableSpec(
     partitions=daily,
     partition_column="event_date",
     grain=["event_id"],
+    # The newest days publish before their late events are in (raw D+1..D+3): provisional until then.
+    incomplete_inputs="provisional",
     columns={
         "event_id": col("VARCHAR"),
         "event_date": col("DATE", "UTC date of the event."),

@@ -182,7 +182,7 @@ def test_history_lists_every_version_with_its_checks(story, env, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["status"], r["code_version"]) for r in rows] == [("published", "2"), ("superseded", "1")]
     assert rows[0]["checks"] == dict.fromkeys(
-        ["unique_grain", "complete", "reconciled", "schema", "no_personal_data"], True
+        ["inputs_complete", "unique_grain", "complete", "reconciled", "schema", "no_personal_data"], True
     )
     assert run("history", "no_such_table", "-f", DEFINITIONS) == cli.EXIT_USAGE
     assert "unknown asset 'no_such_table'" in capsys.readouterr().err

@@ -93,7 +93,9 @@ def test_duplicate_grain_fails_uniqueness_and_publishes_nothing(con):
     report = wap(con, make_spec(), GOOD_SQL + " UNION ALL SELECT '20250102-1', DATE '2025-01-02', 2")
     assert not report.published
     unique = failed(report)["unique_grain"]
-    assert unique.figures == {"duplicate_keys": 1, "duplicate_rows": 1, "null_key_rows": 0}
+    assert unique.figures == {
+        "duplicate_keys": 1, "duplicate_rows": 1, "null_key_rows": 0, "keys_published_in_other_partitions": 0
+    }  # fmt: skip
     assert unique.failures[0]["id"] == "20250102-1" and unique.failures[0]["copies"] == 2
     assert view_rows(con) == []
     assert statuses(con) == {"held": 3}

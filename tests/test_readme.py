@@ -27,7 +27,7 @@ def test_define_your_own_derived_table_example_runs(tmp_path, monkeypatch):
 
     assert result.success
     assert check_evaluations(result) == {
-        ("orders_daily", c): True for c in ("unique_grain", "complete", "reconciled", "schema")
+        ("orders_daily", c): True for c in ("inputs_complete", "unique_grain", "complete", "reconciled", "schema")
     }
     assert {k: n for k, (_, n, _) in published(db, "orders_daily").items()} == {
         "2025-01-01": 2,

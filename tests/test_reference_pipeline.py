@@ -34,7 +34,9 @@ def test_a_month_of_daily_assets_publishes_in_one_run_with_every_check_green(jan
     path, result = january_run
     evaluations = check_evaluations(result)
     expected = {(s.name, check) for s in tables.SPECS if s.name in DAILY for check in check_names(s)}
-    assert set(evaluations) == expected and all(evaluations.values())
+    assert set(evaluations) == expected
+    # One warning: the last days lack raw data from February (late arrivals) and publish provisionally.
+    assert {k for k, ok in evaluations.items() if not ok} == {("events_clean", "inputs_complete")}
     for asset in DAILY:
         assert len(published(path, asset)) == 31, asset
     # The last days lack raw data from February (late arrivals): they publish anyway.
@@ -193,9 +195,10 @@ def test_execute_checks_alone_audits_published_data_and_detects_drift(january):
     only_checks = dg.AssetSelection.checks(*clean.check_keys)
     result = dg.materialize([clean], selection=only_checks)
     assert {c for _, c in check_evaluations(result)} == {
-        "unique_grain", "complete", "reconciled", "schema", "no_personal_data"
+        "inputs_complete", "unique_grain", "complete", "reconciled", "schema", "no_personal_data"
     }  # fmt: skip
-    assert all(check_evaluations(result).values())
+    # Only the warning that January's last three days are provisional (raw February 1-3 is not published).
+    assert {c for (_, c), ok in check_evaluations(result).items() if not ok} == {"inputs_complete"}
     assert not any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events)
     # The upstream changes under a published table: reconciliation against it shows the drift.
     con = duckdb.connect(str(january))

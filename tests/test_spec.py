@@ -42,7 +42,7 @@ def test_valid_spec_derives_single_run_backfill_policy():
         ({"name": "bad name"}, "not a valid identifier"),
         ({"grain": []}, "declare the grain"),
         ({"grain": ["missing"]}, "not among the declared columns"),
-        ({"columns": {"id": Column("BIGINT"), "d": Column("VARCHAR")}}, "must have type DATE"),
+        ({"columns": {"id": Column("BIGINT"), "d": Column("VARCHAR")}}, "must be DATE, TIMESTAMP or TIMESTAMPTZ"),
         ({"partitions": dg.StaticPartitionsDefinition(["a"])}, "time-window partitions"),
         ({"rules": [Reconcile("r", "nope", "SELECT 1, 1")]}, "unknown metric 'nope'"),
         ({"rules": [Invariant("r", "SELECT 1"), Invariant("r", "SELECT 2")]}, "rule names must be unique"),

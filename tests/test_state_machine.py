@@ -1,7 +1,11 @@
-"""Publish, hold, approve, rollback, vacuum and crash in random orders (a hypothesis state machine). After every
-step: each partition has at most one published version; the consumers' view shows exactly the rows the model
-expects; every published version's rows match what the catalog recorded; nothing staged or held is visible."""
+"""Publish, hold, approve, parallel candidates and cutover, rollback (again and again), schema changes, vacuum
+and crashes in random orders (a hypothesis state machine). The model decides by itself, from its own history,
+what consumers must read: each partition's published generations form a stack (a publish, an approval or a
+cutover pushes; a rollback pops), and retention removes what it says. After every step: the consumers' view
+holds exactly the model's rows and columns; each partition has one pointer; every published version's recorded
+hash matches its rows, and the same content always hashed the same."""
 
+import dataclasses
 import getpass
 import os
 import shutil
@@ -34,12 +38,18 @@ SPEC = bfa.TableSpec(
     keep_versions=1,
     keep_days=0,
 )
+PARALLEL = dataclasses.replace(SPEC, write_strategy="parallel_version")
 # Generation g of a day: 2 + g % 3 rows, so row counts and contents change between generations.
-TRANSFORM = """
+SQL = """
 SELECT d::DATE AS day, strftime(d, '%Y%m%d') || '-' || i AS id, $gen * 10 + i AS v
 FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d), range(2 + $gen % 3) t(i)
 """
 EXAMPLES = int(os.environ.get("BACKFILL_ASSETS_STATE_EXAMPLES", "40"))
+
+
+def transform(ctx: bfa.TransformContext):
+    rel = ctx.sql(SQL, gen=ctx.params["gen"])
+    return rel.select("*, v * 2 AS w") if ctx.params.get("wide") else rel  # a run that adds a field
 
 
 class Crash(BaseException):
@@ -59,9 +69,36 @@ def crash_before_the_decision():
         wh.decide = decide
 
 
-def expected_rows(key: str, gen: int) -> list[tuple]:
+def expected_rows(key: str, gen: int, wide: bool) -> list[tuple]:
     day = key.replace("-", "")
-    return [(key, f"{day}-{i}", gen * 10 + i) for i in range(2 + gen % 3)]
+    return [(key, f"{day}-{i}", gen * 10 + i, *((2 * (gen * 10 + i),) if wide else ())) for i in range(2 + gen % 3)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gen:
+    """One run's content for one partition: `order` is the run's place in time (versions are allocated in it)."""
+
+    order: int
+    gen: int
+    wide: bool
+
+
+@dataclasses.dataclass
+class Partition:
+    """The model of one partition."""
+
+    stack: list[Gen] = dataclasses.field(default_factory=list)  # published states, the current one last
+    held: list[Gen] = dataclasses.field(default_factory=list)
+    candidate: Gen | None = None
+    kept: set[int] = dataclasses.field(default_factory=set)  # what retention ranks: ever published or superseded
+    vacuumed: set[int] = dataclasses.field(default_factory=set)
+
+    @property
+    def current(self) -> Gen | None:
+        return self.stack[-1] if self.stack else None
+
+    def newer_than_current(self, gen: Gen | None) -> bool:
+        return gen is not None and (self.current is None or gen.order > self.current.order)
 
 
 class History(RuleBasedStateMachine):
@@ -70,74 +107,130 @@ class History(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="bfa-state-")
         self.path = os.path.join(self.dir, "warehouse.duckdb")
         self.con = wh.connect(self.path)
-        self.published: dict[str, int] = {}  # model: partition -> generation consumers read
-        self.gen_of: dict[int, int] = {}  # version -> generation it was staged with
+        self.model = {k: Partition() for k in KEYS}
+        self.hashes: dict[tuple[str, int, bool], str] = {}  # (key, generation, wide) -> its content hash
         self.next_gen = 1
+        self.order = 0
 
     def teardown(self):
         self.con.close()
         shutil.rmtree(self.dir)
 
-    def _run(self, keys: list[str], gen: int):
-        report = bfa.write_audit_publish(self.con, SPEC, TRANSFORM, keys, run_id=f"g{gen}", params={"gen": gen})
-        self.gen_of.update({v: gen for v, _, _ in report.partitions.values()})
-        return report
+    def _run(self, keys: list[str], gen: int, wide: bool = False, spec=SPEC) -> tuple:
+        self.order += 1
+        made = bfa.write_audit_publish(
+            self.con, spec, transform, keys, run_id=f"r{self.order}", params={"gen": gen, "wide": wide}
+        )
+        for key, (_, _, content) in made.partitions.items():
+            assert self.hashes.setdefault((key, gen, wide), content) == content  # same content, same hash
+        return made, Gen(self.order, gen, wide)
 
-    def _window(self, first: int, n: int) -> list[str]:
-        return KEYS[first : first + n]
-
-    @rule(first=st.integers(0, 3), n=st.integers(1, 4))
-    def publish(self, first, n):
-        keys, gen = self._window(first, n), self.next_gen
+    def _gen(self, reuse: bool) -> int:
+        if reuse:
+            return 1  # content seen before: its hash must not have changed
         self.next_gen += 1
-        assert self._run(keys, gen).published
-        self.published.update(dict.fromkeys(keys, gen))
+        return self.next_gen
 
-    @rule(first=st.integers(0, 3), n=st.integers(1, 4))
-    def hold(self, first, n):
-        keys, gen = self._window(first, n), HELD + self.next_gen
-        self.next_gen += 1
-        report = self._run(keys, gen)
-        assert report.outcome == "hold" and [o.name for o in report.failed] == ["reconciled"]
+    @rule(first=st.integers(0, 3), n=st.integers(1, 4), wide=st.booleans(), reuse=st.booleans())
+    def publish(self, first, n, wide, reuse):
+        keys = KEYS[first : first + n]
+        made, g = self._run(keys, self._gen(reuse), wide)
+        assert made.published
+        for k in keys:
+            self._push(k, g)
+
+    def _push(self, key: str, g: Gen):
+        p = self.model[key]
+        p.stack.append(g)
+        p.kept.add(g.order)
+
+    @rule(first=st.integers(0, 3), n=st.integers(1, 4), wide=st.booleans())
+    def hold(self, first, n, wide):
+        keys = KEYS[first : first + n]
+        made, g = self._run(keys, HELD + self._gen(False), wide)
+        assert made.outcome == "hold" and [o.name for o in made.failed] == ["reconciled"]
+        for k in keys:
+            self.model[k].held.append(g)
+
+    @rule(first=st.integers(0, 3), n=st.integers(1, 4), wide=st.booleans())
+    def parallel_candidate(self, first, n, wide):
+        keys = KEYS[first : first + n]
+        made, g = self._run(keys, self._gen(False), wide, spec=PARALLEL)
+        assert made.outcome == "candidate"
+        for k in keys:
+            p = self.model[k]
+            if p.candidate is not None:
+                p.kept.add(p.candidate.order)  # a newer candidate supersedes it
+            p.candidate = g
+
+    def _decide(self, pick, decide, error: str):
+        targets = {}
+        for k, p in self.model.items():
+            chosen = pick(p)
+            if p.newer_than_current(chosen):
+                targets[k] = chosen
+        if not targets:
+            with pytest.raises(history.HistoryError, match=error):
+                decide()
+            return
+        decide()
+        for k, g in targets.items():
+            self._push(k, g)
+        return targets
 
     @rule()
     def approve(self):
-        held = history.held_versions(self.con, "t")  # held versions newer than what is published
-        if not held:
-            with pytest.raises(history.HistoryError, match="no held versions"):
-                history.approve(self.con, "t", None, by="tester", why="accepted the deltas")
-            return
-        assert history.approve(self.con, "t", None, by="tester", why="accepted the deltas") == held
-        assert all(self.gen_of[v] > HELD for v in held.values())
-        self.published.update({k: self.gen_of[v] for k, v in held.items()})
+        def newest_held(p):
+            newer = [g for g in p.held if p.newer_than_current(g)]
+            return max(newer, key=lambda g: g.order) if newer else None
 
-    @precondition(lambda self: self.published)
+        done = self._decide(
+            newest_held, lambda: history.approve(self.con, "t", None, by="tester", why="accepted"), "no held versions"
+        )
+        for k, g in (done or {}).items():
+            self.model[k].held.remove(g)
+
+    @rule()
+    def cutover(self):
+        done = self._decide(
+            lambda p: p.candidate, lambda: history.cutover(self.con, "t", None, "compared"), "no parallel candidates"
+        )
+        for k in done or {}:
+            self.model[k].candidate = None
+
+    @precondition(lambda self: any(p.stack for p in self.model.values()))
     @rule(data=st.data())
     def rollback(self, data):
-        key = data.draw(st.sampled_from(sorted(self.published)))
-        try:
-            targets = history.rollback_targets(self.con, "t", [key])
-        except history.HistoryError as e:
-            assert "no earlier version" in str(e) or "removed by retention" in str(e)
+        key = data.draw(st.sampled_from(sorted(k for k, p in self.model.items() if p.stack)))
+        p = self.model[key]
+        if len(p.stack) < 2:
+            with pytest.raises(history.HistoryError, match="no earlier version"):
+                history.rollback_targets(self.con, "t", [key])
             return
-        before = history.published_versions(self.con, "t")[key]
-        assert targets[key] < before
-        history.rollback(self.con, {"t": targets}, reason="test", actor="tester")
-        self.published[key] = self.gen_of[targets[key]]
+        if p.stack[-2].order in p.vacuumed:
+            with pytest.raises(history.HistoryError, match="removed by retention"):
+                history.rollback_targets(self.con, "t", [key])
+            return
+        history.rollback(self.con, {"t": history.rollback_targets(self.con, "t", [key])}, reason="test", actor="me")
+        p.stack.pop()
 
     @rule()
     def vacuum(self):
         candidates = history.vacuum_candidates(
             self.con, {"t": history.Retention(SPEC.keep_versions, SPEC.keep_days)}, set(), None
         )
-        assert all(c["status"] in ("superseded", "rolled_back") for c in candidates)
         history.vacuum(self.con, candidates)
+        for p in self.model.values():  # retention keeps the published version and the newest other one
+            ranked = p.kept - p.vacuumed
+            keep = {max(ranked)} if ranked else set()
+            if p.current:
+                keep.add(p.current.order)
+            p.vacuumed |= ranked - keep
 
     @rule(first=st.integers(0, 3), n=st.integers(1, 4))
     def crash(self, first, n):
         with crash_before_the_decision():
-            self._run(self._window(first, n), self.next_gen)
-        self.next_gen += 1
+            self._run(KEYS[first : first + n], self._gen(False))
         self.con.close()  # the process is gone; the next one opens the file again
         self.con = wh.connect(self.path)
 
@@ -145,18 +238,29 @@ class History(RuleBasedStateMachine):
     def consumers_read_exactly_the_model(self):
         pointers = self.con.execute("SELECT partition_key, count(*) FROM bfa.published GROUP BY 1").fetchall()
         assert all(n == 1 for _, n in pointers)
-        rows = (
-            self.con.execute("SELECT day::VARCHAR, id, v FROM main.t ORDER BY id").fetchall() if self.published else []
-        )
-        expected = sorted((r for k, g in self.published.items() for r in expected_rows(k, g)), key=lambda r: r[1])
-        assert rows == expected
+        current = {k: p.current for k, p in self.model.items() if p.current}
+        if not current:
+            return
+        wide = any(g.wide for g in current.values())
+        columns = [c for c, *_ in self.con.execute("DESCRIBE main.t").fetchall()]
+        assert columns == ["day", "id", "v", *(["w"] if wide else [])]
+        rows = self.con.execute("SELECT day::VARCHAR, * EXCLUDE (day) FROM main.t ORDER BY id").fetchall()
+        expected = [
+            r + ((None,) if wide and not g.wide else ())
+            for k, g in current.items()
+            for r in expected_rows(k, g.gen, g.wide)
+        ]
+        assert rows == sorted(expected, key=lambda r: r[1])
 
     @invariant()
     def published_versions_match_the_catalog(self):
         published = wh.published_partitions(self.con, "t")
-        assert sorted(published) == sorted(self.published)
+        assert sorted(published) == sorted(k for k, p in self.model.items() if p.current)
         actual = wh.version_stats(self.con, "t", [v for v, _, _ in published.values()])
         assert all(actual[v] == (n, h) for v, n, h in published.values())
+        for key, (_, _, content) in published.items():
+            g = self.model[key].current
+            assert self.hashes[(key, g.gen, g.wide)] == content
 
 
 def test_history_state_machine():
@@ -174,7 +278,7 @@ def test_every_ledger_entry_says_who_when_and_why(tmp_path):
     con = wh.connect(str(tmp_path / "warehouse.duckdb"))
 
     def run(gen, **who):
-        return bfa.write_audit_publish(con, SPEC, TRANSFORM, KEYS, run_id=f"g{gen}", params={"gen": gen}, **who)
+        return bfa.write_audit_publish(con, SPEC, transform, KEYS, run_id=f"g{gen}", params={"gen": gen}, **who)
 
     run(1, actor="alice", reason="backfill brief b1")
     run(2)  # a plain run: the OS user, and the run as the reason
