@@ -447,9 +447,10 @@ def move_pointer(
     for key in keys:
         change = last.get(key)
         if step_back:
-            if change is None or change[2] is None:
-                raise ValueError(f"{asset} [{key}]: no earlier pointer state to step back to")
-            undo.append(_change(con, change[2])[2])  # the state before the one restored
+            restored = _change(con, change[2]) if change and change[2] is not None else None
+            if restored is None or restored[1] != versions[key]:
+                raise ValueError(f"{asset} [{key}]: version {versions[key]} is not the state before the last change")
+            undo.append(restored[2])  # the state before the one restored
         else:
             undo.append(change[0] if change else None)
     con.execute(
@@ -530,7 +531,214 @@ def replaced_by_entries(con: duckdb.DuckDBPyConnection, entry_ids: Sequence[int]
     }
 
 
+def newest_pending(con: duckdb.DuckDBPyConnection, asset: str, status: str) -> dict[str, int]:
+    """partition -> its newest `status` version (held or candidate) newer than what is published."""
+    rows = con.execute(
+        """
+        SELECT v.partition_key, max(v.version) FROM bfa.versions v
+        LEFT JOIN bfa.published p ON p.asset = v.asset AND p.partition_key = v.partition_key
+        WHERE v.asset = ? AND v.status = ? AND v.partition_key <> ? AND v.version > coalesce(p.version, 0)
+        GROUP BY 1 ORDER BY 1
+        """,
+        [asset, status, OUTSIDE_WINDOW],
+    ).fetchall()
+    return dict(rows)
+
+
+def newest_with_status(con: duckdb.DuckDBPyConnection, asset: str, status: str) -> list[int]:
+    """The newest `status` version of each partition of `asset` that has one."""
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND status = ? AND partition_key <> ? "
+            "GROUP BY partition_key ORDER BY 1",
+            [asset, status, OUTSIDE_WINDOW],
+        ).fetchall()
+    ]
+
+
+def strays_of_runs(con: duckdb.DuckDBPyConnection, asset: str, versions: Sequence[int], status: str) -> list[int]:
+    """The stray-row versions (rows outside their run's partitions) of the runs that made `versions`."""
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT version FROM bfa.versions WHERE asset = ? AND status = ? AND partition_key = ? "
+            "AND run_id IN (SELECT run_id FROM bfa.versions WHERE version IN (SELECT unnest(?)))",
+            [asset, status, OUTSIDE_WINDOW, list(versions)],
+        ).fetchall()
+    ]
+
+
+def runs_of(con: duckdb.DuckDBPyConnection, versions: Sequence[int]) -> dict[int, str | None]:
+    """version -> the run that made it."""
+    rows = con.execute(
+        "SELECT version, run_id FROM bfa.versions WHERE version IN (SELECT unnest(?))", [list(versions)]
+    ).fetchall()
+    return dict(rows)
+
+
+def version_rows(con: duckdb.DuckDBPyConnection, asset: str, partition: str | None = None) -> list[dict[str, Any]]:
+    """Every version of each partition of `asset` (strays left out), newest first, with its run's checks
+    (name -> passed) and the late inputs of a provisional version."""
+    cur = con.execute(
+        """
+        SELECT v.partition_key AS partition, v.version, v.status, v.run_id, v.code_version, v.row_count AS rows,
+               v.content_hash, v.created_at, v.decided_at, v.missing_inputs, l.checks
+        FROM bfa.versions v
+        LEFT JOIN bfa.ledger l
+          ON l.asset = v.asset AND l.run_id = v.run_id AND l.action IN ('publish', 'hold', 'candidate')
+        WHERE v.asset = ? AND v.partition_key <> ? AND (? IS NULL OR v.partition_key = ?)
+        ORDER BY v.partition_key, v.version DESC
+        """,
+        [asset, OUTSIDE_WINDOW, partition, partition],
+    )
+    cols = [d[0] for d in cur.description]
+    out = []
+    for r in cur.fetchall():
+        row = dict(zip(cols, r, strict=True))
+        row["checks"] = {name: c.passed for name, c in checks_of(row["checks"]).items()}
+        out.append(row)
+    return out
+
+
+def retention_candidates(
+    con: duckdb.DuckDBPyConnection, asset: str, keep_versions: int, decided_before: dt.datetime
+) -> list[tuple[int, str, int | None, str, dt.datetime]]:
+    """(version, partition, rows, status, decided_at) of the superseded or rolled-back versions of `asset`
+    beyond its newest `keep_versions` per partition and decided before `decided_before`."""
+    return con.execute(
+        """
+        SELECT version, partition_key, row_count, status, decided_at FROM (
+            SELECT *, row_number() OVER (PARTITION BY partition_key ORDER BY version DESC) AS newest
+            FROM bfa.versions
+            WHERE asset = ? AND status IN ('published', 'superseded', 'rolled_back')
+        ) WHERE status <> 'published' AND newest > ? AND decided_at < ?
+        ORDER BY partition_key, version
+        """,
+        [asset, keep_versions, decided_before],
+    ).fetchall()
+
+
+def published_facts(con: duckdb.DuckDBPyConnection, assets: Sequence[str] | None = None) -> list[tuple]:
+    """(asset, partition, rows, code version) of every published partition (of `assets`, when given)."""
+    return con.execute(
+        "SELECT p.asset, p.partition_key, v.row_count, v.code_version FROM bfa.published p "
+        "JOIN bfa.versions v USING (version) WHERE ? IS NULL OR p.asset IN (SELECT unnest(?))",
+        [assets, assets],
+    ).fetchall()
+
+
 # --- the ledger -----------------------------------------------------------------------------------------
+#
+# Its JSON columns, declared once (and only read here):
+# - checks: check name -> CheckRecord;
+# - metrics: {"before": {partition: {metric: value}}, "after": {...}};
+# - params: {"window": {"start", "end"}, "timings_s": {"transform", "audit", "profile"},
+#            "run_tags": {tag: value}, ...the caller's record}.
+RUN_TAGS, TIMINGS, WINDOW = "run_tags", "timings_s", "window"
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One check's outcome as the ledger keeps it."""
+
+    passed: bool
+    summary: str
+    figures: dict[str, Any]
+    seconds: float
+    warn: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "summary": self.summary,
+            "figures": self.figures,
+            "seconds": round(self.seconds, 4),
+            **({"warn": True} if self.warn else {}),
+        }
+
+
+def checks_of(raw: str | None) -> dict[str, CheckRecord]:
+    """The checks JSON of a ledger entry."""
+    return {
+        name: CheckRecord(c["passed"], c.get("summary", ""), c.get("figures", {}), c.get("seconds", 0.0), c.get("warn", False))  # noqa: E501
+        for name, c in json.loads(raw or "{}").items()
+    }
+
+
+_TAG = f"(params->'{RUN_TAGS}'->>?)"  # a run tag of an entry; the tag's name is bound
+
+
+def runs_tagged_like(con: duckdb.DuckDBPyConnection, runs: Sequence[str], tag: str) -> list[str]:
+    """Every run that carries the same value of run tag `tag` as one of `runs` (e.g. the same backfill)."""
+    return [
+        r[0]
+        for r in con.execute(
+            f"SELECT DISTINCT run_id FROM bfa.ledger WHERE {_TAG} IN "
+            f"(SELECT {_TAG} FROM bfa.ledger WHERE run_id IN (SELECT unnest(?)) AND {_TAG} NOT NULL)",
+            [tag, tag, list(runs), tag],
+        ).fetchall()
+    ]
+
+
+def entries_tagged(
+    con: duckdb.DuckDBPyConnection, tag: str, values: Sequence[str], actions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The ledger entries with one of `actions` whose run carried `tag` = one of `values`, oldest first:
+    entry_id, asset, action, partition_keys, versions, checks (CheckRecords), metrics (before/after)."""
+    cur = con.execute(
+        "SELECT entry_id, asset, action, partition_keys, versions, checks, metrics FROM bfa.ledger "
+        f"WHERE action IN (SELECT unnest(?)) AND {_TAG} IN (SELECT unnest(?)) ORDER BY entry_id",
+        [list(actions), tag, list(values)],
+    )
+    out = []
+    for entry_id, asset, action, keys, versions, checks, metrics in cur.fetchall():
+        out.append(
+            {
+                "entry_id": entry_id, "asset": asset, "action": action, "partition_keys": list(keys or []),
+                "versions": list(versions or []), "checks": checks_of(checks), "metrics": json.loads(metrics or "{}"),
+            }
+        )  # fmt: skip
+    return out
+
+
+def tag_values(con: duckdb.DuckDBPyConnection, tag: str, where_tag: str, value: str) -> list[str]:
+    """The values of run tag `tag` on the entries whose run carried `where_tag` = `value`."""
+    return [
+        r[0]
+        for r in con.execute(
+            f"SELECT DISTINCT {_TAG} FROM bfa.ledger WHERE {_TAG} = ? AND {_TAG} NOT NULL",
+            [tag, where_tag, value, tag],
+        ).fetchall()
+    ]
+
+
+def run_outcomes(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[tuple[str, str, int]]:
+    """(asset, action, partitions) of the publish and hold entries of these runs."""
+    return con.execute(
+        "SELECT asset, action, sum(len(partition_keys)) FROM bfa.ledger "
+        "WHERE run_id IN (SELECT unnest(?)) AND action IN ('publish', 'hold') GROUP BY 1, 2",
+        [list(run_ids)],
+    ).fetchall()
+
+
+def seconds_per_partition(con: duckdb.DuckDBPyConnection, assets: Sequence[str], runs: int = 10) -> dict[str, float]:
+    """Transform + audit seconds per partition over each asset's last `runs` publish or hold entries."""
+    rows = con.execute(
+        f"""
+        SELECT asset, sum(seconds) / sum(partitions) FROM (
+            SELECT asset, len(partition_keys) AS partitions,
+                   CAST(params->'$.{TIMINGS}.transform' AS DOUBLE) + CAST(params->'$.{TIMINGS}.audit' AS DOUBLE)
+                       AS seconds,
+                   row_number() OVER (PARTITION BY asset ORDER BY entry_id DESC) AS recent
+            FROM bfa.ledger
+            WHERE action IN ('publish', 'hold') AND asset IN (SELECT unnest(?)) AND len(partition_keys) > 0
+        ) WHERE recent <= ? AND seconds IS NOT NULL GROUP BY 1
+        """,
+        [list(assets), runs],
+    ).fetchall()
+    return dict(rows)
+
 
 
 def ledger(con: duckdb.DuckDBPyConnection, asset: str, action: str, run_id: str | None, **fields: Any) -> int:

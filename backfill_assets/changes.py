@@ -16,6 +16,8 @@ from typing import Any
 
 import duckdb
 
+from . import catalog
+
 MOVERS = 5
 
 
@@ -190,21 +192,17 @@ def _ranges(keys: Sequence[str]) -> str:
 
 def note_from_ledger(con: duckdb.DuckDBPyConnection, tag: str, value: str, title: str) -> Note:
     """The note of every publish and hold whose run carried the tag `tag` = `value` (a backfill or brief)."""
-    rows = con.execute(
-        "SELECT asset, action, partition_keys, checks, metrics FROM bfa.ledger "
-        "WHERE action IN ('publish', 'hold') AND (params->'run_tags'->>?) = ? ORDER BY entry_id",
-        [tag, value],
-    ).fetchall()
     note = Note(title)
     before: dict[str, dict[str, Any]] = {}
     after: dict[str, dict[str, Any]] = {}
-    for asset, action, keys, checks, metrics in rows:
+    for entry in catalog.entries_tagged(con, tag, [value], ["publish", "hold"]):
+        asset, action = entry["asset"], entry["action"]
         info = note.assets.setdefault(asset, {"published": [], "held": [], "checks": "all passed"})
-        info["published" if action == "publish" else "held"] += list(keys)
-        failed = [n for n, c in json.loads(checks or "{}").items() if not c["passed"]]
+        info["published" if action == "publish" else "held"] += entry["partition_keys"]
+        failed = [n for n, c in entry["checks"].items() if not c.passed and not c.warn]
         if failed:
             info["checks"] = f"failed: {', '.join(failed)}"
-        m = json.loads(metrics or "{}")
+        m = entry["metrics"]
         mine_before, mine_after = before.setdefault(asset, {}), after.setdefault(asset, {})
         for key, values in m.get("before", {}).items():
             mine_before.setdefault(key, values)  # the first run's view of what was published before

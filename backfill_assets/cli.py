@@ -20,7 +20,7 @@ from typing import Any
 
 import dagster as dg
 
-from . import briefs, changes, diff, history, launch, planning, warehouse
+from . import briefs, catalog, changes, diff, history, launch, planning, warehouse
 from .audit import plural
 from .factory import PROVISIONAL_METADATA, WAREHOUSE_KEY
 
@@ -101,7 +101,8 @@ def _published_now(defs: dg.Definitions) -> Any:
 def _success_status(result: dg.ExecuteInProcessResult) -> str:
     """ "published", what a parallel_version table did instead, and which partitions published provisionally
     (see each materialization's metadata)."""
-    candidates, provisional = set(), set()
+    candidates: set[str] = set()
+    provisional: dict[str, list[str]] = {}
     for e in result.all_events:
         if e.event_type_value != "ASSET_MATERIALIZATION":
             continue
@@ -110,11 +111,11 @@ def _success_status(result: dg.ExecuteInProcessResult) -> str:
         if "candidate" in str(getattr(materialization.metadata.get("outcome"), "value", "")):
             candidates.add(asset)
         if PROVISIONAL_METADATA in materialization.metadata:
-            provisional.add(f"{asset} {materialization.partition}")
+            provisional.setdefault(asset, []).append(materialization.partition)
     status = "published" if not candidates else f"kept as parallel candidates of {', '.join(sorted(candidates))}"
     if provisional:
-        status += f" ({plural(len(provisional), 'partition')} provisional, before late inputs: "
-        status += f"{_span_of(sorted(provisional))})"
+        spans = "; ".join(f"{a} {_span_of(sorted(keys))}" for a, keys in sorted(provisional.items()))
+        status += f" (provisional, before late inputs: {spans})"
     return status
 
 
@@ -415,7 +416,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         if args.cascade:
             targets.update(history.cascade_targets(con, args.asset, keys, downstream))
         before = {a: history.published_versions(con, a) for a in targets}
-        history.rollback(con, targets, reason=args.reason, actor=None)
+        explicit = [args.asset] if args.to_version is not None else []
+        history.rollback(con, targets, reason=args.reason, actor=None, explicit=explicit)
         after = {a: warehouse.published_partitions(con, a) for a in targets}
     for asset, versions in targets.items():
         print(f"{asset}: rolled back {plural(len(versions), 'partition')}")
@@ -561,12 +563,7 @@ def cmd_notes(args: argparse.Namespace) -> int:
             con, tag, value, title=f"Change note: {'brief' if args.brief else 'backfill'} {value}"
         )
         if args.backfill and not args.brief:
-            found = con.execute(
-                "SELECT DISTINCT params->'run_tags'->>'backfill_assets/brief' FROM bfa.ledger "
-                "WHERE (params->'run_tags'->>'dagster/backfill') = ?",
-                [value],
-            ).fetchall()
-            brief_id = next((b for (b,) in found if b), None)
+            brief_id = next(iter(catalog.tag_values(con, "backfill_assets/brief", "dagster/backfill", value)), None)
         else:
             brief_id = args.brief
     finally:

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from . import audit, changes, planning
+from . import audit, catalog, changes, planning
 from .publish import RunReport, Transform, audit_published, write_audit_publish
 from .spec import Consumer, TableSpec
 
@@ -71,7 +71,7 @@ def derived_asset(
                 keys,
                 run_id=context.run.run_id,
                 params=bound,
-                record={"run_tags": {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
+                record={catalog.RUN_TAGS: {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
                 log=context.log.info,
                 inputs=planning.required_inputs(graph, spec.key, keys, planning.upstream_tables(graph, spec.key)),
                 **_who_and_why(context.run),

@@ -7,8 +7,7 @@ Each function validates everything first and then changes the warehouse in one t
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +15,8 @@ import duckdb
 
 from . import audit, catalog, changes, diff
 from . import warehouse as wh
-from .catalog import OUTSIDE_WINDOW
 
 GROUPING_TAGS = ("dagster/backfill", "backfill_assets/brief")  # run tags that make several runs one backfill
-
-
-def _tag_of_entry(tag: str, table: str = "") -> str:
-    """SQL reading a run tag of a ledger entry; `tag` is one of GROUPING_TAGS, a constant, never user input."""
-    if tag not in GROUPING_TAGS:
-        raise ValueError(f"not a grouping tag: {tag!r}")
-    return f"({table}params->'run_tags'->>'{tag}')"
 
 
 class HistoryError(ValueError):
@@ -34,26 +25,7 @@ class HistoryError(ValueError):
 
 def versions(con: duckdb.DuckDBPyConnection, asset: str, partition: str | None = None) -> list[dict[str, Any]]:
     """Every version of each partition of `asset`, newest first, with the checks of the run that made it."""
-    rows = con.execute(
-        """
-        SELECT v.partition_key AS partition, v.version, v.status, v.run_id, v.code_version, v.row_count AS rows,
-               v.content_hash, v.created_at, v.decided_at, l.checks
-        FROM bfa.versions v
-        LEFT JOIN bfa.ledger l
-          ON l.asset = v.asset AND l.run_id = v.run_id AND l.action IN ('publish', 'hold')
-        WHERE v.asset = ? AND v.partition_key <> ? AND (? IS NULL OR v.partition_key = ?)
-        ORDER BY v.partition_key, v.version DESC
-        """,
-        [asset, OUTSIDE_WINDOW, partition, partition],
-    )
-    cols = [d[0] for d in rows.description]
-    out = []
-    for r in rows.fetchall():
-        row = dict(zip(cols, r, strict=True))
-        checks = json.loads(row.pop("checks")) if row["checks"] else {}
-        row["checks"] = {name: c["passed"] for name, c in checks.items()}
-        out.append(row)
-    return out
+    return catalog.version_rows(con, asset, partition)
 
 
 def render_versions(asset: str, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -137,40 +109,17 @@ def cascade_targets(
     mapped to its previous version."""
     published = published_versions(con, asset)
     ids = [published[k] for k in keys if k in published]
-    runs = [
-        r[0]
-        for r in con.execute(
-            "SELECT DISTINCT run_id FROM bfa.versions WHERE version IN (SELECT unnest(?))", [ids]
-        ).fetchall()
-    ]
+    runs = {r for r in catalog.runs_of(con, ids).values() if r}
     for tag in GROUPING_TAGS:  # widen to every run of the same Dagster backfill or brief
-        entry_tag = _tag_of_entry(tag)
-        groups = [
-            r[0]
-            for r in con.execute(
-                f"SELECT DISTINCT {entry_tag} FROM bfa.ledger "
-                f"WHERE run_id IN (SELECT unnest(?)) AND {entry_tag} NOT NULL",
-                [runs],
-            ).fetchall()
-        ]
-        if groups:
-            runs += [
-                r[0]
-                for r in con.execute(
-                    f"SELECT DISTINCT run_id FROM bfa.ledger WHERE {entry_tag} IN (SELECT unnest(?))", [groups]
-                ).fetchall()
-            ]
+        runs |= set(catalog.runs_tagged_like(con, sorted(runs), tag))
     targets: dict[str, dict[str, int]] = {}
     for child, child_keys in downstream.items():
         current = published_versions(con, child)
-        from_same = [k for k in child_keys if k in current and _run_of(con, current[k]) in runs]
+        made_by = catalog.runs_of(con, [current[k] for k in child_keys if k in current])
+        from_same = [k for k in child_keys if k in current and made_by.get(current[k]) in runs]
         if from_same:
             targets[child] = rollback_targets(con, child, from_same)
     return targets
-
-
-def _run_of(con: duckdb.DuckDBPyConnection, version: int) -> str | None:
-    return con.execute("SELECT run_id FROM bfa.versions WHERE version = ?", [version]).fetchall()[0][0]
 
 
 def rollback(
@@ -178,30 +127,23 @@ def rollback(
     targets: dict[str, dict[str, int]],
     reason: str,
     actor: str | None,
-    to_version: bool = False,
+    explicit: Collection[str] = (),
 ) -> None:
     """Publish the target versions again, atomically across every asset; the displaced ones are rolled back.
     The targets come from :func:`rollback_targets`: each partition steps back to its state before its last
-    change, unless `to_version` (an explicit version, which a later rollback undoes like a publish)."""
+    change, except in the `explicit` assets (``--to-version``: a named version, which a later rollback undoes
+    like a publish)."""
     wh.repoint(
-        con, targets, action="rollback", displaced="rolled_back", step_back=not to_version, reason=reason, actor=actor
-    )
+        con, targets, action="rollback", displaced="rolled_back", step_back=set(targets) - set(explicit),
+        reason=reason, actor=actor,
+    )  # fmt: skip
 
 
 def held_versions(
     con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None = None, status: str = "held"
 ) -> dict[str, int]:
     """partition -> its newest `status` version newer than what is published (awaiting a decision)."""
-    rows = con.execute(
-        """
-        SELECT v.partition_key, max(v.version) FROM bfa.versions v
-        LEFT JOIN bfa.published p ON p.asset = v.asset AND p.partition_key = v.partition_key
-        WHERE v.asset = ? AND v.status = ? AND v.partition_key <> ? AND v.version > coalesce(p.version, 0)
-        GROUP BY 1 ORDER BY 1
-        """,
-        [asset, status, OUTSIDE_WINDOW],
-    ).fetchall()
-    held = dict(rows)
+    held = catalog.newest_pending(con, asset, status)
     if keys is None:
         return held
     missing = [k for k in keys if k not in held]
@@ -228,14 +170,7 @@ def discard(con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | No
     if not targets:
         raise HistoryError(f"{asset} has no held versions awaiting a decision")
     _require(by, why)
-    stray = [
-        r[0]
-        for r in con.execute(
-            "SELECT version FROM bfa.versions WHERE asset = ? AND status = 'held' AND partition_key = ? "
-            "AND run_id IN (SELECT run_id FROM bfa.versions WHERE version IN (SELECT unnest(?)))",
-            [asset, OUTSIDE_WINDOW, list(targets.values())],
-        ).fetchall()
-    ]
+    stray = catalog.strays_of_runs(con, asset, list(targets.values()), "held")
     return wh.drop_versions(con, asset, [*targets.values(), *stray], "discarded", "discard", reason=why, actor=by)
 
 
@@ -269,17 +204,7 @@ def vacuum_candidates(
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
     out = []
     for asset, rule in sorted(retention.items()):
-        rows = con.execute(
-            """
-            SELECT version, partition_key, row_count, status, decided_at FROM (
-                SELECT *, row_number() OVER (PARTITION BY partition_key ORDER BY version DESC) AS newest
-                FROM bfa.versions
-                WHERE asset = ? AND status IN ('published', 'superseded', 'rolled_back')
-            ) WHERE status <> 'published' AND newest > ? AND decided_at < ?
-            ORDER BY partition_key, version
-            """,
-            [asset, rule.keep_versions, now - dt.timedelta(days=rule.keep_days)],
-        ).fetchall()
+        rows = catalog.retention_candidates(con, asset, rule.keep_versions, now - dt.timedelta(days=rule.keep_days))
         out += [
             {"asset": asset, "version": v, "partition": k, "rows": n or 0, "status": s, "decided_at": d}
             for v, k, n, s, d in rows
@@ -293,13 +218,9 @@ def brief_protected_versions(con: duckdb.DuckDBPyConnection, brief_ids: Iterable
     ids = list(brief_ids)
     if not ids:
         return set()
-    made = con.execute(
-        "SELECT entry_id, versions FROM bfa.ledger l "
-        f"WHERE l.action = 'publish' AND {_tag_of_entry('backfill_assets/brief', 'l.')} IN (SELECT unnest(?))",
-        [ids],
-    ).fetchall()
-    protected = {v for _, versions in made for v in versions}
-    entries = [e for e, _ in made]
+    made = catalog.entries_tagged(con, "backfill_assets/brief", ids, ["publish"])
+    protected = {v for e in made for v in e["versions"]}
+    entries = [e["entry_id"] for e in made]
     return protected | catalog.replaced_by_entries(con, entries)
 
 
@@ -327,12 +248,12 @@ def diff_pairs(
         raise HistoryError("version numbers name one version, so give one --partition")
     published = published_versions(con, asset)
     pairs = {}
+    waiting: dict[str, int] = {}  # partition -> its newest held or parallel candidate newer than published
+    for status in ("held", "candidate"):
+        for k, v in catalog.newest_pending(con, asset, status).items():
+            waiting[k] = max(v, waiting.get(k, 0))
     for key in keys:
-        pending = con.execute(
-            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND partition_key = ? "
-            "AND status IN ('held', 'candidate') AND version > ?",
-            [asset, key, published.get(key, 0)],
-        ).fetchall()[0][0]
+        pending = waiting.get(key)
         chosen = {}
         for side, name in (("base", base), ("target", target)):
             default = (
@@ -350,14 +271,11 @@ def diff_pairs(
 
 def _version_named(con, asset: str, key: str, name: str, published: int | None, pending: int | None) -> int:
     if name.isdigit():
-        found = con.execute(
-            "SELECT status FROM bfa.versions WHERE version = ? AND asset = ? AND partition_key = ?",
-            [int(name), asset, key],
-        ).fetchall()
-        if not found:
+        found = catalog.version_info(con, asset, key, int(name))
+        if found is None:
             raise HistoryError(f"version {name} is not a version of {asset} [{key}]")
-        if found[0][0] in ("vacuumed", "abandoned", "discarded"):
-            raise HistoryError(f"version {name} of {asset} [{key}] is {found[0][0]}: its rows are gone")
+        if found[0] in ("vacuumed", "abandoned", "discarded"):
+            raise HistoryError(f"version {name} of {asset} [{key}] is {found[0]}: its rows are gone")
         return int(name)
     if name == "published" and published is not None:
         return published

@@ -9,7 +9,7 @@ from typing import Any
 
 import duckdb
 
-from . import planning
+from . import catalog, planning
 from .factory import BRIEF_TAG, OWNER_TAG
 
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
@@ -142,12 +142,7 @@ def ledger_summary(con: duckdb.DuckDBPyConnection | None, run_ids: list[str]) ->
     """asset -> {published, held} partitions, from the ledger entries of these runs."""
     if con is None or not run_ids:
         return {}
-    rows = con.execute(
-        "SELECT asset, action, sum(len(partition_keys)) FROM bfa.ledger "
-        "WHERE run_id IN (SELECT unnest(?)) AND action IN ('publish', 'hold') GROUP BY 1, 2",
-        [run_ids],
-    ).fetchall()
     summary: dict[str, dict[str, int]] = {}
-    for asset, action, n in rows:
+    for asset, action, n in catalog.run_outcomes(con, run_ids):
         summary.setdefault(asset, {"published": 0, "held": 0})["published" if action == "publish" else "held"] = int(n)
     return summary

@@ -485,11 +485,7 @@ def add_warehouse_facts(plan: Plan, con: duckdb.DuckDBPyConnection | None) -> Pl
         return plan
     names = [i.asset for i in plan.tables]
     published: dict[str, dict[str, tuple[int, str]]] = {}
-    for asset, key, rows, code in con.execute(
-        "SELECT p.asset, p.partition_key, v.row_count, v.code_version FROM bfa.published p "
-        "JOIN bfa.versions v USING (version) WHERE p.asset IN (SELECT unnest(?))",
-        [names],
-    ).fetchall():
+    for asset, key, rows, code in catalog.published_facts(con, names):
         published.setdefault(asset, {})[key] = (rows or 0, code)
     pace = seconds_per_partition(con, names)
     for impact in plan.tables:
@@ -505,22 +501,7 @@ def add_warehouse_facts(plan: Plan, con: duckdb.DuckDBPyConnection | None) -> Pl
     return plan
 
 
-def seconds_per_partition(con: duckdb.DuckDBPyConnection, assets: Sequence[str], runs: int = 10) -> dict[str, float]:
-    """Transform + audit seconds per partition over each asset's last `runs` ledger entries."""
-    rows = con.execute(
-        """
-        SELECT asset, sum(seconds) / sum(partitions) FROM (
-            SELECT asset, len(partition_keys) AS partitions,
-                   CAST(params->'$.timings_s.transform' AS DOUBLE) + CAST(params->'$.timings_s.audit' AS DOUBLE)
-                       AS seconds,
-                   row_number() OVER (PARTITION BY asset ORDER BY entry_id DESC) AS recent
-            FROM bfa.ledger
-            WHERE action IN ('publish', 'hold') AND asset IN (SELECT unnest(?)) AND len(partition_keys) > 0
-        ) WHERE recent <= ? AND seconds IS NOT NULL GROUP BY 1
-        """,
-        [list(assets), runs],
-    ).fetchall()
-    return {a: s for a, s in rows}
+seconds_per_partition = catalog.seconds_per_partition
 
 
 def stale_seeds(graph, con: duckdb.DuckDBPyConnection) -> tuple[dict[dg.AssetKey, Ranges], dict[dg.AssetKey, str]]:
@@ -528,11 +509,8 @@ def stale_seeds(graph, con: duckdb.DuckDBPyConnection) -> tuple[dict[dg.AssetKey
     whose late inputs are all published now (they were made without them)."""
     stale: dict[str, list[str]] = {}
     why: dict[str, list[str]] = {}
-    published = con.execute(
-        "SELECT p.asset, p.partition_key, v.code_version FROM bfa.published p JOIN bfa.versions v USING (version)"
-    ).fetchall()
     codes: dict[str, set[str]] = {}
-    for asset, key, code in published:
+    for asset, key, _, code in catalog.published_facts(con):
         node = _table_node(graph, asset)
         if node is not None and code != node.code_version:
             stale.setdefault(asset, []).append(key)

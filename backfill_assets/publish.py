@@ -180,8 +180,8 @@ def write_audit_publish(
             "checks": _checks_json(outcomes),
             "metrics": {"before": before, "after": after},
             "params": {
-                "window": window,
-                "timings_s": {"transform": report.transform_s, "audit": report.audit_s, "profile": profile_s},
+                catalog.WINDOW: window,
+                catalog.TIMINGS: {"transform": report.transform_s, "audit": report.audit_s, "profile": profile_s},
                 **(record or {}),
             },
         }
@@ -199,16 +199,7 @@ def write_audit_publish(
 
 
 def _checks_json(outcomes: Sequence[audit.CheckOutcome]) -> dict[str, Any]:
-    return {
-        o.name: {
-            "passed": o.passed,
-            "summary": o.summary,
-            "figures": o.figures,
-            "seconds": round(o.seconds, 4),
-            **({"warn": True} if o.warn else {}),
-        }
-        for o in outcomes
-    }
+    return {o.name: catalog.CheckRecord(o.passed, o.summary, o.figures, o.seconds, o.warn).to_json() for o in outcomes}
 
 
 def audit_published(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -305,14 +305,7 @@ def decide(
 
 def _create_candidate_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
     """``main.<asset>__candidate``: the newest parallel candidate of each partition."""
-    newest = [
-        r[0]
-        for r in con.execute(
-            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND status = 'candidate' "
-            "AND partition_key <> ? GROUP BY partition_key",
-            [asset, catalog.OUTSIDE_WINDOW],
-        ).fetchall()
-    ]
+    newest = catalog.newest_with_status(con, asset, "candidate")
     con.execute(
         f"CREATE OR REPLACE VIEW main.{quote_ident(asset + '__candidate')} AS "
         f"SELECT {_select_list(columns_of(con, asset, newest))} FROM {version_table(asset)} "
@@ -348,12 +341,12 @@ def repoint(
     targets: dict[str, dict[str, int]],
     action: str,
     displaced: str,
-    step_back: bool = False,
+    step_back: Collection[str] = (),
     **ledger: Any,
 ) -> None:
     """Publish existing versions (asset -> partition -> version) in one transaction, e.g. a rollback or an
     approval; the versions they replace get the status `displaced`. One ledger entry per asset. `step_back`:
-    the targets are each partition's state before its last change (a plain rollback)."""
+    the assets whose targets are each partition's state before its last change (a plain rollback)."""
     at = catalog.now()
     with transaction(con):
         for asset, versions in targets.items():
@@ -368,7 +361,8 @@ def repoint(
                 **ledger,
             )
             catalog.move_pointer(
-                con, asset, versions, action=action, entry_id=entry, displaced=displaced, step_back=step_back, at=at
+                con, asset, versions, action=action, entry_id=entry, displaced=displaced, step_back=asset in step_back,
+                at=at,
             )
             _create_view(con, asset)
             if con.execute(

@@ -12,7 +12,8 @@ Measured (targets from the performance issue):
 2. ranged vs per-partition: the first days as one run against one run per partition, both with
    Dagster's in-process executor, at the demo scale of `make dev` (2,000 events/day) and at the
    benchmark's scale. Target >= 10.
-3. check cost: audit time / transform time per asset, from the ledger. Target <= 0.35.
+3. check cost: audit time / transform time per asset, from the ledger. Target <= 0.35. Also for a one-day
+   run into the longest table ("one day into N days"), where unique_grain reads the most published keys.
 4. read overhead: typical queries on the published relations against plain tables of the same rows.
    Target <= 1.3.
 5. memory: peak RSS of the longest run. Target <= 2 GiB.
@@ -57,10 +58,51 @@ def _days(n: int) -> list[str]:
     return [(START + dt.timedelta(days=i)).isoformat() for i in range(n)]
 
 
+def _ledger_figures(db: str, run_ids: list[str]) -> dict[str, dict]:
+    """Per asset, summed over the runs' publish entries: transform, audit, profile and per-check seconds, rows."""
+    import duckdb
+
+    assets: dict[str, dict] = {}
+    with duckdb.connect(db, read_only=True) as con:
+        entries = con.execute(
+            "SELECT asset, params, checks, row_count FROM bfa.ledger WHERE run_id IN (SELECT unnest(?)) "
+            "AND action = 'publish'",
+            [run_ids],
+        ).fetchall()
+    for asset, params, checks, rows in entries:
+        timings = json.loads(params)["timings_s"]
+        a = assets.setdefault(asset, {"transform_s": 0.0, "audit_s": 0.0, "profile_s": 0.0, "rows": 0, "checks_s": {}})
+        a["transform_s"] += timings["transform"]
+        a["audit_s"] += timings["audit"]
+        a["profile_s"] += timings["profile"]
+        a["rows"] += rows
+        for name, check in json.loads(checks).items():
+            a["checks_s"][name] = a["checks_s"].get(name, 0.0) + check["seconds"]
+    return assets
+
+
+def worker_one_day(db: str, days: int) -> dict:
+    """One ranged run of the daily assets for the middle day of a warehouse already holding `days` days."""
+    import dagster as dg
+
+    from definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    day = _days(days)[days // 2]
+    started = time.perf_counter()
+    result = job.execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        asset_selection=[dg.AssetKey(n) for n in DAILY],
+        run_config=quiet,
+        partition_key=day,
+    )
+    return {"seconds": [time.perf_counter() - started], "day": day, "assets": _ledger_figures(db, [result.run_id])}
+
+
 def worker_ours(db: str, days: int, per_partition: bool) -> dict:
     """Both passes of the daily assets through Dagster in-process: one ranged run, or one run per day."""
     import dagster as dg
-    import duckdb
 
     from definitions import defs
 
@@ -85,22 +127,7 @@ def worker_ours(db: str, days: int, per_partition: bool) -> dict:
             ids = [run(tags=range_tags)]
         passes.append(time.perf_counter() - started)
         run_ids.append(ids)
-    assets: dict[str, dict] = {}
-    with duckdb.connect(db, read_only=True) as con:
-        entries = con.execute(
-            "SELECT asset, params, checks, row_count FROM bfa.ledger WHERE run_id IN (SELECT unnest(?)) "
-            "AND action = 'publish'",
-            [run_ids[-1]],
-        ).fetchall()
-    for asset, params, checks, rows in entries:  # summed over the runs of the last pass
-        timings = json.loads(params)["timings_s"]
-        a = assets.setdefault(asset, {"transform_s": 0.0, "audit_s": 0.0, "profile_s": 0.0, "rows": 0, "checks_s": {}})
-        a["transform_s"] += timings["transform"]
-        a["audit_s"] += timings["audit"]
-        a["profile_s"] += timings["profile"]
-        a["rows"] += rows
-        for name, check in json.loads(checks).items():
-            a["checks_s"][name] = a["checks_s"].get(name, 0.0) + check["seconds"]
+    assets = _ledger_figures(db, run_ids[-1])  # summed over the runs of the last pass
     return {"seconds": passes, "runs": len(run_ids[-1]), "assets": assets}
 
 
@@ -173,6 +200,8 @@ def _worker_main(args: argparse.Namespace) -> None:
         result = worker_ours(args.db, args.days, per_partition=False)
     elif args.worker == "per-partition":
         result = worker_ours(args.db, args.days, per_partition=True)
+    elif args.worker == "one-day":
+        result = worker_one_day(args.db, args.days)
     elif args.worker == "bare":
         result = worker_bare(args.db, args.days)
     else:
@@ -236,6 +265,8 @@ def measure(events: int, lengths: list[int], ranged_days: int, ranged_events: in
     say("read queries ...")
     extra = ("--bare-db", str(tmp / f"bare-{longest}.duckdb"), "--repeat", str(repeat))
     results["read"] = spawn("read", tmp / f"ours-{longest}.duckdb", events=events, extra=extra)
+    say(f"one day into the {longest}-day warehouse ...")  # after the reads: it adds a version of that day
+    results["one_day"] = spawn("one-day", tmp / f"ours-{longest}.duckdb", days=longest, events=events)
     return results
 
 
@@ -251,6 +282,7 @@ def summarise(results: dict) -> dict:
         "overhead_backfill": ours["seconds"][1] / bare["seconds"][1],
         "ranged_speedup": {n: r["per_partition"]["seconds"][1] / r["ranged"]["seconds"][1] for n, r in ranged.items()},
         "check_cost": {a: v["audit_s"] / v["transform_s"] for a, v in ours["assets"].items()},
+        "check_cost_one_day": {a: v["audit_s"] / v["transform_s"] for a, v in results["one_day"]["assets"].items()},
         "read_overhead": {q: t["ours"] / t["bare"] for q, t in read.items()},
         "rss_gib": ours["peak_rss_mib"] / 1024,
         "seconds_per_day": {d: {s: r[s]["seconds"][1] / d for s in ("ours", "bare")} for d, r in scaling.items()},
@@ -304,6 +336,13 @@ def report(results: dict, summary: dict) -> str:
         if ratio > t["check_cost"]:  # where the audit's time went
             parts = {"profile scan": a["profile_s"], **a["checks_s"]}
             lines.append("         " + ", ".join(f"{n} {s:.2f}s" for n, s in parts.items()))
+    lines.append(f"   one day ({results['one_day']['day']}) into the {longest}-day tables:")
+    for asset, ratio in summary["check_cost_one_day"].items():
+        a = results["one_day"]["assets"][asset]
+        lines.append(
+            f"     {asset:<20} {a['audit_s']:>7.2f}s / {a['transform_s']:>7.2f}s = {ratio:.2f} "
+            f"{verdict(ratio <= t['check_cost'])} (unique_grain {a['checks_s'].get('unique_grain', 0):.2f}s)"
+        )
     lines.append(f"4. read overhead, published relation / plain table (target <= {t['read_overhead']}):")
     for q, ratio in summary["read_overhead"].items():
         times = results["read"]["queries"][q]

@@ -179,6 +179,13 @@ def test_a_second_rollback_restores_what_was_published_before_the_last_publish(p
     assert "no earlier version to roll back to" in capsys.readouterr().err
     assert payment_rows(project, day) == generation(day, 1)
 
+    # An explicit --to-version is a move like a publish: the next rollback undoes it.
+    (g3,) = read(project, "SELECT DISTINCT _bfa_version FROM bfa.payments WHERE amount = 300")[0]
+    assert bfa_cli("rollback", "payments", "--partition", day, "--to-version", str(g3)) == cli.EXIT_OK
+    assert payment_rows(project, day) == generation(day, 3)
+    assert bfa_cli("rollback", "payments", "--partition", day) == cli.EXIT_OK
+    assert payment_rows(project, day) == generation(day, 1)
+
 
 def test_a_held_runs_new_column_reaches_no_consumers_view_and_hashes_stay_stable(project, capsys):
     assert materialize("payments", "2025-01-01", "2025-01-03", PAY_GEN="1") == cli.EXIT_OK
@@ -257,7 +264,7 @@ def test_a_provisional_table_publishes_before_late_inputs_and_plan_stale_lists_i
     assert "balances 2025-01-11" in capsys.readouterr().out
     assert materialize("forecast", "2025-01-10") == cli.EXIT_OK
     out = capsys.readouterr().out
-    assert "published (1 partition provisional, before late inputs: forecast 2025-01-10)" in out
+    assert "published (provisional, before late inputs: forecast 2025-01-10)" in out
     published_missing = "SELECT missing_inputs FROM bfa.versions WHERE asset = 'forecast' AND status = 'published'"
     assert read(project, published_missing) == [(["balances 2025-01-11", "balances 2025-01-12"],)]
     assert read(project, "SELECT days_in FROM main.forecast") == [(1,)]
