@@ -1,7 +1,8 @@
 """``backfill-assets``: the command line for scripts, CI and people.
 
-Exit codes: 0 success; 1 a check held a partition range (nothing published for it), a brief failed
-preflight (nothing launched) or a launched backfill did not publish everything; 2 a usage error (bad
+Exit codes: 0 success; 1 a check held a partition range (nothing published for it), a partition the range
+names waits for unpublished inputs, the warehouse stayed locked by another process past the timeout, a brief
+failed preflight (nothing launched) or a launched backfill did not publish everything; 2 a usage error (bad
 date, unknown asset, out-of-range, unreadable brief, no definitions found); 3 Dagster could not be
 reached or refused the request.
 """
@@ -738,6 +739,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except warehouse.WarehouseLockTimeout as e:  # not a usage error: another process held the file too long
+        print(f"backfill-assets: {e}", file=sys.stderr)
+        return EXIT_HELD
     except (
         UsageError,
         planning.PlanError,

@@ -5,9 +5,9 @@ from typing import Any
 
 import dagster as dg
 
-from . import audit, catalog, changes, planning
+from . import audit, catalog, changes, planning, sqltext
 from .publish import RunReport, Transform, audit_published, write_audit_publish
-from .spec import Consumer, TableSpec
+from .spec import Consumer, SpecError, TableSpec
 
 POOL = "duckdb"
 PROVISIONAL_METADATA = "provisional: published without"  # partition metadata naming the late inputs it lacks
@@ -39,6 +39,11 @@ def derived_asset(
     leaving the published data untouched. Selecting only the checks (the UI's "Execute
     checks") audits everything published now.
     """
+    if isinstance(transform, str):
+        try:
+            sqltext.statement(transform, f"{spec.name}'s transform")
+        except ValueError as e:
+            raise SpecError(str(e)) from None
     names = audit.check_names(spec)
     check_specs = [
         dg.AssetCheckSpec(n, asset=spec.key, blocking=True, description=audit.CHECK_DESCRIPTIONS[n]) for n in names

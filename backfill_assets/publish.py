@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from . import audit, catalog, warehouse
+from . import audit, catalog, sqltext, warehouse
 from . import partitions as schemes
 from .partitions import Bound, Window
 from .spec import TableSpec, quote_ident
@@ -34,6 +34,7 @@ class TransformContext:
     def sql(self, query: str, **extra: Any) -> duckdb.DuckDBPyRelation:
         """Run `query` with ``$start``, ``$end`` and the asset's params bound (plus `extra`)."""
         values = {**self.params, "start": self.start, "end": self.end, **extra}
+        query = sqltext.statement(query, "the transform's SQL")
         return self.con.sql(query, params=warehouse.sql_params(query, values))
 
 
@@ -293,7 +294,8 @@ def _audit(
 
 def _create_source_view(con, spec, transform, window, keys, params) -> None:
     if isinstance(transform, str):
-        rel = con.sql(transform, params=warehouse.sql_params(transform, {**params, **window}))
+        sql = sqltext.statement(transform, f"{spec.name}'s transform")
+        rel = con.sql(sql, params=warehouse.sql_params(sql, {**params, **window}))
     else:
         rel = transform(TransformContext(con, window["start"], window["end"], keys, params))
         if isinstance(rel, pd.DataFrame):

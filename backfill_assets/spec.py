@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 
 from . import partitions as schemes
+from . import sqltext
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -98,6 +99,9 @@ class Reconcile:
     rel_tol: float = 0.0
     description: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expected_sql", _one_statement(self.expected_sql, f"rule {self.name!r}"))
+
 
 @dataclass(frozen=True)
 class Invariant:
@@ -110,6 +114,17 @@ class Invariant:
     name: str
     violations_sql: str
     description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "violations_sql", _one_statement(self.violations_sql, f"rule {self.name!r}"))
+
+
+def _one_statement(sql: str, where: str) -> str:
+    """Spec SQL as one statement that wraps safely (trailing comments and ``;`` removed), or a SpecError."""
+    try:
+        return sqltext.statement(sql, where)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,12 @@ Layout, for a derived table ``t`` (the bookkeeping tables are :mod:`backfill_ass
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import Any
 
 import duckdb
 
-from . import catalog
+from . import catalog, sqltext
 from .catalog import Candidate, transaction
 from .resource import DEFAULT_DB_PATH, Warehouse, WarehouseError, WarehouseLockTimeout, connect
 from .spec import quote_ident
@@ -50,8 +49,9 @@ def version_table(asset: str) -> str:
 
 
 def sql_params(sql: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `params` that `sql` references as ``$name`` (DuckDB rejects extra ones)."""
-    used = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", sql))
+    """The subset of `params` that `sql` references as ``$name`` (DuckDB rejects extra ones); a ``$`` in a
+    string literal or a comment is none."""
+    used = sqltext.parameters(sql)
     missing = used - params.keys()
     if missing:
         raise ValueError(f"SQL uses parameters {sorted(missing)} that were not provided")

@@ -449,3 +449,21 @@ def test_parallel_version_waits_for_cutover(con):
     assert con.execute("SELECT count(*) FROM orders__candidate").fetchall()[0][0] == 6  # two days still waiting
     actions = [r[0] for r in con.execute("SELECT action FROM bfa.ledger ORDER BY entry_id").fetchall()]
     assert actions == ["publish", "candidate", "cutover"]
+
+
+def test_spec_sql_with_comments_semicolons_and_dollars_in_literals_runs_as_written(con):
+    """A `$` inside a string literal or a comment is no parameter, and a trailing comment or `;` does not break
+    the subquery a rule is wrapped in (DuckDB's tokenizer reads the SQL, not a regular expression)."""
+    sql = GOOD_SQL.replace("AS amount", "AS amount, '$USD; -- not a comment' AS note") + "-- the end $x\n;"
+    note = "'$USD; -- not a comment'"
+    rules = [
+        Invariant("labelled", f"SELECT * FROM candidate WHERE note <> {note} -- $y;\n;"),
+        Reconcile("six_a_day", "total", "SELECT d::DATE, 6 FROM range($start, $end, INTERVAL 1 DAY) r(d); -- x"),
+    ]
+    spec = make_spec(columns={}, rules=rules)
+    report = wap(con, spec, sql)
+    assert report.published, report.failure_message()
+    rows = con.execute("SELECT DISTINCT note FROM orders").fetchall()
+    assert rows == [("$USD; -- not a comment",)]
+    with pytest.raises(ValueError, match="one SQL statement"):
+        Invariant("two", "SELECT 1; SELECT 2")
