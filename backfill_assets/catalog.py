@@ -35,12 +35,12 @@ CREATE SEQUENCE IF NOT EXISTS bfa.version_seq START 1;
 CREATE SEQUENCE IF NOT EXISTS bfa.ledger_seq START 1;
 CREATE SEQUENCE IF NOT EXISTS bfa.pointer_seq START 1;
 CREATE TABLE IF NOT EXISTS bfa.versions (
-    version BIGINT NOT NULL,
+    version BIGINT PRIMARY KEY,
     asset VARCHAR NOT NULL,
     partition_key VARCHAR NOT NULL,
     run_id VARCHAR,
     code_version VARCHAR,
-    status VARCHAR NOT NULL,        -- see STATUSES
+    status VARCHAR NOT NULL CHECK (status IN ({statuses})),
     row_count BIGINT,
     content_hash VARCHAR,
     created_at TIMESTAMP NOT NULL,
@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS bfa.pointer_history (
     changed_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS bfa.ledger (
-    entry_id BIGINT NOT NULL,
+    entry_id BIGINT PRIMARY KEY,
     recorded_at TIMESTAMP NOT NULL,
     asset VARCHAR NOT NULL,
     action VARCHAR NOT NULL,        -- publish | hold | candidate | approve | rollback | cutover | ...
@@ -153,7 +153,7 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     """Create the catalog, or bring one written by an older release up to date (each step once)."""
     old = _has(con, "versions")
     had_history = _has(con, "pointer_history")
-    con.execute(_DDL)
+    con.execute(_DDL.format(statuses=", ".join(f"'{s}'" for s in STATUSES)))
     if old and not _has(con, "versions", "metrics"):
         with transaction(con):  # versions keep their metrics: take them from the ledger entries that decided them
             con.execute("""
@@ -173,15 +173,9 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
                     con.execute(
                         "UPDATE bfa.versions SET columns = ? WHERE asset = ?", [physical_columns(con, asset), asset]
                     )
-    if old and not _has_key(con, "published"):
-        with transaction(con):
-            con.execute("""
-                CREATE TABLE bfa.published_keyed (
-                    asset VARCHAR NOT NULL, partition_key VARCHAR NOT NULL, version BIGINT NOT NULL,
-                    published_at TIMESTAMP NOT NULL, PRIMARY KEY (asset, partition_key));
-                INSERT INTO bfa.published_keyed SELECT * FROM bfa.published;
-                DROP TABLE bfa.published;
-                ALTER TABLE bfa.published_keyed RENAME TO published""")
+    for table, key in (("published", "asset, partition_key"), ("versions", "version"), ("ledger", "entry_id")):
+        if old and not _has_key(con, table):  # keys a catalog from before them lacks
+            con.execute(f"ALTER TABLE bfa.{table} ADD PRIMARY KEY ({key})")
     if old and not had_history:
         with transaction(con):
             _history_from_ledger(con)

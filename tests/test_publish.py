@@ -467,3 +467,39 @@ def test_spec_sql_with_comments_semicolons_and_dollars_in_literals_runs_as_writt
     assert rows == [("$USD; -- not a comment",)]
     with pytest.raises(ValueError, match="one SQL statement"):
         Invariant("two", "SELECT 1; SELECT 2")
+
+
+def test_a_catalog_from_before_the_pointer_history_is_brought_up_to_date(tmp_path):
+    """A warehouse written by the previous release (no pointer history, no keys, no per-version columns):
+    opening it replays the ledger into the pointer history, so the next rollback still returns to what was
+    published before the last publish; keys and version columns are added."""
+    path = str(tmp_path / "w.duckdb")
+    con = wh.connect(path)
+    spec, day = make_spec(columns={}, max_row_change=10.0), ["2025-01-02"]
+    versions = {}
+    for gen in (1, 2, 3):
+        versions[gen] = wap(con, spec, GOOD_SQL.replace("(i + 1)", f"(i + {gen})"), day, run_id=f"g{gen}")
+    history.rollback(con, {"orders": {"2025-01-02": versions[2].partitions["2025-01-02"][0]}}, "bad g3", "me")
+    versions[4] = wap(con, spec, GOOD_SQL.replace("(i + 1)", "(i + 4)"), day, run_id="g4")
+    # The previous release's layout: the same rows, without what this one added.
+    for table, columns in (
+        ("versions", "version, asset, partition_key, run_id, code_version, status, row_count, content_hash, "
+                     "created_at, decided_at, metrics"),
+        ("published", "*"),
+        ("ledger", "*"),
+    ):  # fmt: skip
+        con.execute(f"CREATE TABLE bfa.{table}_old AS SELECT {columns} FROM bfa.{table}")
+        con.execute(f"DROP TABLE bfa.{table}")
+        con.execute(f"ALTER TABLE bfa.{table}_old RENAME TO {table}")
+    con.execute("DROP TABLE bfa.pointer_history")
+    con.close()
+
+    con = wh.connect(path)
+    moves = con.execute("SELECT action, to_version FROM bfa.pointer_history ORDER BY change_id").fetchall()
+    v = {g: r.partitions["2025-01-02"][0] for g, r in versions.items()}
+    assert moves == [("publish", v[1]), ("publish", v[2]), ("publish", v[3]), ("rollback", v[2]), ("publish", v[4])]
+    assert history.rollback_targets(con, "orders", day) == {"2025-01-02": v[2]}  # g2, not the rolled-back g3
+    assert con.execute("SELECT DISTINCT columns FROM bfa.versions").fetchall() == [(["id", "d", "amount"],)]
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute("INSERT INTO bfa.published SELECT * FROM bfa.published")
+    con.close()
