@@ -342,7 +342,7 @@ def report(results: dict, summary: dict) -> str:
 
     lines += costs(scaling[longest]["ours"]["assets"], summary["check_cost"])
     one_day = results["one_day"]
-    lines.append(f"   one day ({one_day['day']}) into the {longest}-day tables (unique_grain reads all published keys):")
+    lines.append(f"   one day ({one_day['day']}) into the {longest}-day tables (unique_grain reads every key):")
     lines += costs(one_day["assets"], summary["check_cost_one_day"])
     grain = {a: v["checks_s"].get("unique_grain", 0.0) for a, v in one_day["assets"].items()}
     lines.append("     unique_grain alone: " + ", ".join(f"{a} {s:.2f}s" for a, s in grain.items()))
