@@ -1,5 +1,6 @@
 # The two commands of a fresh machine: `make dev` (the reference pipeline in Dagster's UI, with
-# demo data) and `make test` (lint + the whole test suite). Both create .venv when needed.
+# demo data) and `make test` (lint + the whole test suite). Both create .venv when needed; `make test`
+# also installs Debian's Chromium for tests/test_e2e.py when it is missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,8 +10,10 @@ DEMO_FROM ?= 2025-01-01
 DEMO_TO ?= 2025-03-31
 HOST ?= 127.0.0.1
 PORT ?= 3000
+# tests/test_e2e.py drives this browser; Playwright cannot download its own here.
+CHROMIUM := $(or $(BACKFILL_ASSETS_CHROMIUM),/usr/bin/chromium)
 
-.PHONY: dev test seed lint clean bench bench-plan reliability
+.PHONY: dev test seed lint clean bench bench-plan reliability chromium
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +36,17 @@ dev: seed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
-test: lint
+test: $(CHROMIUM) lint
 	$(BIN)/pytest
+
+# Only when the browser is missing: as root, Debian's `chromium` from apt; otherwise stop before the
+# 13-minute run with the one command to type.
+chromium: $(CHROMIUM)
+$(CHROMIUM):
+	@[ "$$(id -u)" = 0 ] || { echo "make test needs Chromium at $@ for tests/test_e2e.py: run 'sudo apt-get install chromium' (or set BACKFILL_ASSETS_CHROMIUM)" >&2; exit 1; }
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	@test -x $@ || { echo "apt-get installed chromium but there is no $@; set BACKFILL_ASSETS_CHROMIUM to its path" >&2; exit 1; }
 
 # Not part of `make test` (about 45 minutes at 100k events/day); tests/test_bench.py runs its --smoke mode.
 bench: $(BIN)/.installed

@@ -1,5 +1,6 @@
 """Shared fixtures: warehouses live under pytest's tmp_path; the demo source runs small."""
 
+import gc
 import json
 import os
 import shutil
@@ -18,6 +19,20 @@ TEST_EVENTS_PER_DAY = "300"
 @pytest.fixture(autouse=True)
 def _small_demo_source(monkeypatch):
     monkeypatch.setenv("BACKFILL_ASSETS_DEMO_EVENTS_PER_DAY", TEST_EVENTS_PER_DAY)
+
+
+def pytest_unconfigure(config):
+    """Remove the garbage-collection callback Hypothesis installs on first use and never removes.
+
+    Python drops gc.callbacks only after its last collection at exit, so everything reachable from that callback's
+    module (through pytest's config and the collected tests: Dagster, our assets, DuckDB's Python modules) is freed
+    too late to be collected, and DuckDB's binding (nanobind) reports the DuckDB objects among it as "leaked".
+    """
+    from hypothesis.internal.conjecture import junkdrawer
+
+    for callback in [c for c in gc.callbacks if getattr(c, "__module__", None) == junkdrawer.__name__]:
+        gc.callbacks.remove(callback)
+    junkdrawer._gc_initialized = False  # a later Hypothesis run in this process installs it again
 
 
 def report(kind: str, **figures) -> None:

@@ -1,5 +1,5 @@
 """The used-by flows in a real browser: Dagster's UI on a real `dagster dev`, driven by Playwright with Debian's
-Chromium (`apt-get install chromium`; .ci/run installs it when missing).
+Chromium (`apt-get install chromium`; `make test` installs it when it is missing and make runs as root).
 
 One `dagster dev` serves the whole module, on a warehouse seeded with the code from before the refunds fix
 (product_analytics/legacy.py) over Q1 2025. The steps run in order and build on each other:
@@ -7,8 +7,10 @@ One `dagster dev` serves the whole module, on a warehouse seeded with the code f
 1. the global asset lineage shows every table and consumer, in their groups;
 2. the daily assets selected in the graph, *Materialize selected*, a range typed into the launch dialog and
    *Launch backfill* clicked: the backfill completes;
-3. every check of every daily asset is green on its Checks tab, and DuckDB serves the published rows;
-4. *Execute all* on a Checks tab runs the checks alone against the published data, and they pass;
+3. every check of every daily asset is green on its Checks tab (but the warning that events_clean's newest days
+   are provisional), and DuckDB serves the published rows;
+4. *Execute all* on a Checks tab runs the checks alone against the published data, and they pass (the same
+   warning aside);
 5. a broken source day: the re-run is held on `complete`, its figures and sample rows are in the UI, and the
    published data is byte-for-byte what it was;
 6. revenue_daily's lineage shows its upstream, downstream and consumers;
@@ -105,7 +107,8 @@ def artifacts(tmp_path_factory) -> Path:
 def browser():
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
-            f"no Chromium at {CHROMIUM}: `apt-get install chromium` (see .ci/run) or set BACKFILL_ASSETS_CHROMIUM"
+            f"no Chromium at {CHROMIUM}: `sudo apt-get install chromium` (`make test` does as root)"
+            " or set BACKFILL_ASSETS_CHROMIUM"
         )
     expect.set_options(timeout=UI_TIMEOUT_MS)
     with sync_playwright() as p:
@@ -197,6 +200,13 @@ def launched_run(page: Page, url: str) -> str:
     short = toast.inner_text().split()[-1]
     [run_id] = [r["runId"] for r in graphql(url, RECENT_RUNS)["runsOrError"]["results"] if r["runId"].startswith(short)]
     return run_id
+
+
+def expected_status(asset: str, check: str) -> str:
+    """Every check succeeds but one warning: events_clean's newest days are provisional (it reads raw D..D+3 and
+    raw April 8-10 is not published), which its inputs_complete reports with WARN severity: "Failed", and
+    nothing blocked."""
+    return "Failed" if (asset, check) == ("events_clean", "inputs_complete") else "Succeeded"
 
 
 def check_status(page: Page, check: str):
@@ -292,7 +302,7 @@ def test_3_every_check_is_green_and_duckdb_serves_the_published_rows(dev, page, 
         page.goto(f"{dev.url}/assets/{asset}?view=checks")
         expect(page.get_by_text(f"Checks ({len(CHECKS[asset])})", exact=True)).to_be_visible()
         for check in CHECKS[asset]:
-            expect(check_status(page, check)).to_have_text("Succeeded")
+            expect(check_status(page, check)).to_have_text(expected_status(asset, check))
         shot(page, artifacts, f"03-checks-{asset}")
 
     backfill = graphql(dev.url, BACKFILL, {"id": state["april_backfill"]})["partitionBackfillOrError"]
@@ -323,6 +333,11 @@ def test_3_every_check_is_green_and_duckdb_serves_the_published_rows(dev, page, 
                 [asset, run_ids],
             ).fetchall()
             assert actions == [("publish",)], (asset, actions)
+        provisional = con.execute(
+            "SELECT p.partition_key FROM bfa.published p JOIN bfa.versions v USING (version) "
+            "WHERE p.asset = 'events_clean' AND len(v.missing_inputs) > 0 ORDER BY 1"
+        ).fetchall()
+        assert [k for (k,) in provisional] == APRIL[-3:]  # their raw D+1..D+3 is not in yet
     finally:
         con.close()
 
@@ -344,7 +359,7 @@ def test_4_execute_all_runs_the_checks_alone_and_they_pass(dev, page, artifacts)
         for e in events
         if e["__typename"] == "AssetCheckEvaluationEvent"
     }
-    assert evaluations == dict.fromkeys(CHECKS["events_clean"], True)
+    assert evaluations == {c: expected_status("events_clean", c) == "Succeeded" for c in CHECKS["events_clean"]}
 
     con = duckdb.connect(str(dev.db), read_only=True)
     try:
@@ -353,7 +368,7 @@ def test_4_execute_all_runs_the_checks_alone_and_they_pass(dev, page, artifacts)
         con.close()
     page.reload()
     for check in CHECKS["events_clean"]:
-        expect(check_status(page, check)).to_have_text("Succeeded")
+        expect(check_status(page, check)).to_have_text(expected_status("events_clean", check))
     page.get_by_title("reconciled", exact=True).first.click()
     expect(page.get_by_text(re.compile(rf"rules? holds? over {published} partitions")).first).to_be_visible()
     shot(page, artifacts, "04-checks-passed")
