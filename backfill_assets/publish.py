@@ -186,16 +186,18 @@ def write_audit_publish(
                 **(record or {}),
             },
         }
-        why = (reason or f"run {run_id}") if report.passed else report.failure_message()
-        warehouse.decide(
-            con, cand, stats, outcome=report.outcome, columns=list(produced), version_metrics=after,
-            provisional=report.provisional, reason=why, actor=actor, **ledger,
-        )  # fmt: skip
     except BaseException:
         catalog.finished(cand)
         warehouse.abandon_orphans(con, spec.name)
         raise
-    catalog.finished(cand)
+    why = (reason or f"run {run_id}") if report.passed else report.failure_message()
+    try:  # one transaction; if it does not commit, the staged versions are an orphan the next run abandons
+        warehouse.decide(
+            con, cand, stats, outcome=report.outcome, columns=list(produced), version_metrics=after,
+            provisional=report.provisional, reason=why, actor=actor, **ledger,
+        )  # fmt: skip
+    finally:
+        catalog.finished(cand)
     return report
 
 
