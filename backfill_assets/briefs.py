@@ -34,7 +34,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from . import planning
+from . import catalog, planning
 
 RISK_CLASSES = (
     "low-risk enrichment",
@@ -156,8 +156,24 @@ def preflight(brief: dict[str, Any], defs: dg.Definitions, con=None) -> Prefligh
         _check_batch_size(brief.get("batch_size"), plan, graph, add)
         _check_expected_changes(brief.get("expected_changes"), plan, graph, add)
         _check_stakeholders(brief.get("stakeholders"), plan, add)
+        if con is not None:
+            _check_inputs(plan, graph, con, add)
         plan.scope = {"description": f"brief {brief_id}", "brief": brief_id, **(brief.get("scope") or {})}
     return result
+
+
+def _check_inputs(plan: planning.Plan, graph, con, add) -> None:
+    """Every partition of the blast radius reads upstream partitions that are published or that the backfill
+    rebuilds first; otherwise its run would be refused by the inputs gate."""
+    selected = {dg.AssetKey.from_user_string(i.asset) for i in plan.tables}
+    _, waiting = planning.materialize_runs(graph, plan, selected, catalog.published_keys(con))
+    if not waiting:
+        add(Check("inputs", True, "every partition's upstream partitions are published or rebuilt first"))
+        return
+    named = "; ".join(
+        f"{a} {', '.join(sorted(parts)[:3])}{' ...' if len(parts) > 3 else ''}" for a, parts in sorted(waiting.items())
+    )
+    add(Check("inputs", False, f"partitions would be refused, reading unpublished upstream partitions: {named}"))
 
 
 def _blank(value: Any) -> bool:

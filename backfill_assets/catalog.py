@@ -20,7 +20,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -410,6 +410,18 @@ def published_partitions(con: duckdb.DuckDBPyConnection, asset: str) -> dict[str
         [asset],
     ).fetchall()
     return {k: (v, n, h) for k, v, n, h in rows}
+
+
+def published_keys(con: duckdb.DuckDBPyConnection | None) -> Callable[[str], set[str]]:
+    """asset -> its published partition keys now, read once per asset (nothing without a warehouse)."""
+    cache: dict[str, set[str]] = {}
+
+    def published(asset: str) -> set[str]:
+        if asset not in cache:
+            cache[asset] = set(published_partitions(con, asset)) if con is not None else set()
+        return cache[asset]
+
+    return published
 
 
 def published_version_ids(con: duckdb.DuckDBPyConnection, asset: str) -> list[int]:

@@ -86,19 +86,6 @@ def _warehouse_resource(defs: dg.Definitions) -> warehouse.Warehouse:
     return resource
 
 
-def _published_now(defs: dg.Definitions) -> Any:
-    """asset -> its published partition keys now (read once per asset; empty without a warehouse)."""
-    con = _read_warehouse(defs)
-    cache: dict[str, set[str]] = {}
-
-    def published(asset: str) -> set[str]:
-        if asset not in cache:
-            cache[asset] = set(warehouse.published_partitions(con, asset)) if con is not None else set()
-        return cache[asset]
-
-    return con, published
-
-
 def _success_status(result: dg.ExecuteInProcessResult) -> str:
     """ "published", what a parallel_version table did instead, and which partitions published provisionally
     (see each materialization's metadata)."""
@@ -145,9 +132,9 @@ def materialize_runs(
     graph = defs.resolve_asset_graph()
     plan = planning.plan_range(graph, select, start, end)
     selected = planning.resolve_selection(graph, select)
-    con, published = _published_now(defs)
+    con = _read_warehouse(defs)
     try:
-        runs, waiting = planning.materialize_runs(graph, plan, selected, published)
+        runs, waiting = planning.materialize_runs(graph, plan, selected, catalog.published_keys(con))
     finally:
         if con is not None:
             con.close()
@@ -230,8 +217,9 @@ def _span_of(keys: Sequence[str]) -> str:
 
 
 def _all_published(defs: dg.Definitions, assets: Sequence[str], keys: Sequence[str]) -> bool:
-    con, published = _published_now(defs)
+    con = _read_warehouse(defs)
     try:
+        published = catalog.published_keys(con)
         return all(set(keys) <= published(a) for a in assets)
     finally:
         if con is not None:

@@ -38,11 +38,14 @@ def render_versions(asset: str, rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         checks = " ".join(f"{n}{'+' if ok else '!'}" for n, ok in r["checks"].items()) or "-"
         when = (r["decided_at"] or r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        status = r["status"] + ("*" if r.get("missing_inputs") else "")
         lines.append(
-            f"{r['partition']:<11} {r['version']:>7}  {r['status']:<11} {r['rows'] or 0:>8}  "
+            f"{r['partition']:<11} {r['version']:>7}  {status:<11} {r['rows'] or 0:>8}  "
             f"{r['code_version'] or '-':<5} {checks:<44} {(r['run_id'] or '-')[:8]:<8}  {when}"
         )
     lines.append("checks: + passed, ! failed")
+    if any(r.get("missing_inputs") for r in rows):
+        lines.append("*: provisional, made before late upstream partitions were published (--json lists them)")
     return "\n".join(lines)
 
 

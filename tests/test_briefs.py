@@ -131,3 +131,17 @@ def test_launch_and_status_say_when_dagster_is_not_running(capsys):
     assert cli.main(["status", "123", "--url", CLOSED_PORT]) == cli.EXIT_DAGSTER
     assert cli.main(["status", "123", "--url", "file:///etc/passwd"]) == cli.EXIT_DAGSTER
     assert "must start with http:// or https://" in capsys.readouterr().err
+
+
+def test_preflight_names_partitions_whose_inputs_are_neither_published_nor_rebuilt(january, monkeypatch, capsys):
+    """The January warehouse: a brief over January passes the inputs check; one over February would have its
+    runs refused by the inputs gate (events_clean's February is not published), and preflight says so."""
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(january))
+    scope = {"select": "key:revenue_daily", "from": "2025-01-20", "to": "2025-01-31"}
+    _, out, _ = preflight(write_brief(january.parent, scope=scope), capsys)
+    assert "inputs: every partition's upstream partitions are published or rebuilt first" in out
+    scope = {"select": "key:revenue_daily", "from": "2025-02-01", "to": "2025-02-10"}
+    code, out, _ = preflight(write_brief(january.parent, scope=scope), capsys)
+    assert code == cli.EXIT_HELD
+    assert "inputs: partitions would be refused, reading unpublished upstream partitions: " in out
+    assert "revenue_daily 2025-02-01, 2025-02-02, 2025-02-03 ..." in out

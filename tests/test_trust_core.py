@@ -267,6 +267,9 @@ def test_a_provisional_table_publishes_before_late_inputs_and_plan_stale_lists_i
     assert "published (provisional, before late inputs: forecast 2025-01-10)" in out
     published_missing = "SELECT missing_inputs FROM bfa.versions WHERE asset = 'forecast' AND status = 'published'"
     assert read(project, published_missing) == [(["balances 2025-01-11", "balances 2025-01-12"],)]
+    capsys.readouterr()
+    assert bfa_cli("history", "forecast") == cli.EXIT_OK
+    assert "published*" in capsys.readouterr().out
     assert read(project, "SELECT days_in FROM main.forecast") == [(1,)]
     assert bfa_cli("plan", "--stale", "--json") == cli.EXIT_OK
     assert json.loads(capsys.readouterr().out)["assets"] == []
