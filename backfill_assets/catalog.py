@@ -514,17 +514,6 @@ def previous_versions(con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence
     return {k: by_change[u] for k, u in undo.items()}
 
 
-def pointer_history(con: duckdb.DuckDBPyConnection, asset: str, key: str) -> list[dict[str, Any]]:
-    """Every change of one partition's pointer, oldest first."""
-    cur = con.execute(
-        "SELECT change_id, from_version, to_version, action, entry_id, undo_change, changed_at "
-        "FROM bfa.pointer_history WHERE asset = ? AND partition_key = ? ORDER BY change_id",
-        [asset, key],
-    )
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-
-
 def replaced_by_entries(con: duckdb.DuckDBPyConnection, entry_ids: Sequence[int]) -> set[int]:
     """The versions the pointer changes of these ledger entries replaced."""
     return {

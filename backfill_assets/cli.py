@@ -138,14 +138,7 @@ def materialize_runs(
     finally:
         if con is not None:
             con.close()
-    named = {}
-    for key, ranges in planning.selection_seeds(graph, selected, start, end).items():
-        asset = key.to_user_string()
-        index = planning.partition_index(graph.get(key).partitions_def)
-        blocked = sorted(set(index.keys_in(ranges)) & set(waiting.get(asset, ())))
-        if blocked:
-            named[asset] = blocked
-    return runs, waiting, named
+    return runs, waiting, planning.named_by_range(graph, selected, start, end, waiting)
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:

@@ -396,6 +396,20 @@ def materialize_runs(
     return _runs(graph, order, planned), waiting
 
 
+def named_by_range(
+    graph, selected: Iterable[dg.AssetKey], start: dt.date, end: dt.date, waiting: Mapping[str, Iterable[str]]
+) -> dict[str, list[str]]:
+    """Of the `waiting` partitions, those the range itself names: a selected asset's partitions whose whole
+    window lies in start..end (the others are only reached downstream of them)."""
+    named = {}
+    for key, ranges in selection_seeds(graph, selected, start, end).items():
+        index = partition_index(graph.get(key).partitions_def)
+        blocked = sorted(set(index.keys_in(ranges)) & set(waiting.get(key.to_user_string(), ())))
+        if blocked:
+            named[key.to_user_string()] = blocked
+    return named
+
+
 def _metadata_value(value: Any) -> Any:
     return getattr(value, "value", value)
 
@@ -487,7 +501,7 @@ def add_warehouse_facts(plan: Plan, con: duckdb.DuckDBPyConnection | None) -> Pl
     published: dict[str, dict[str, tuple[int, str]]] = {}
     for asset, key, rows, code in catalog.published_facts(con, names):
         published.setdefault(asset, {})[key] = (rows or 0, code)
-    pace = seconds_per_partition(con, names)
+    pace = catalog.seconds_per_partition(con, names)
     for impact in plan.tables:
         mine = published.get(impact.asset, {})
         hits = [mine[k] for k in impact.keys if k in mine]
@@ -499,9 +513,6 @@ def add_warehouse_facts(plan: Plan, con: duckdb.DuckDBPyConnection | None) -> Pl
         if impact.asset in pace:
             impact.estimated_seconds = round(pace[impact.asset] * impact.partition_count, 2)
     return plan
-
-
-seconds_per_partition = catalog.seconds_per_partition
 
 
 def stale_seeds(graph, con: duckdb.DuckDBPyConnection) -> tuple[dict[dg.AssetKey, Ranges], dict[dg.AssetKey, str]]:
