@@ -388,7 +388,7 @@ def check_reconciled(
                 worst = max(bad, key=lambda b: abs(b["difference"]))
                 broken.append(
                     f"{rule.name}: {plural(len(bad), 'partition')} off (worst {worst['partition']}: "
-                    f"{rule.metric} {worst['actual']:g} vs expected {worst['expected']:g})"
+                    f"{rule.metric} {_figure(worst['actual'])} vs expected {_figure(worst['expected'])})"
                 )
             failures += bad[:SAMPLE_ROWS]
         elif isinstance(rule, Invariant):
@@ -403,6 +403,11 @@ def check_reconciled(
                 ]
     summary = "; ".join(broken) if broken else f"{len(spec.rules)} rules hold over {len(dates)} partitions"
     return CheckOutcome(RECONCILED, not broken, summary, figures, failures)
+
+
+def _figure(v: float) -> str:
+    """A metric value for people, exact to its cents: 912258.12, not 912258; whole values without a point."""
+    return f"{v:.15g}" if v != int(v) else f"{int(v)}"
 
 
 def _num(v: Any) -> float:

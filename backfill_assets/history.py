@@ -31,17 +31,18 @@ def versions(con: duckdb.DuckDBPyConnection, asset: str, partition: str | None =
 def render_versions(asset: str, rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return f"{asset}: no versions recorded"
+    checks = [" ".join(f"{n}{'+' if ok else '!'}" for n, ok in r["checks"].items()) or "-" for r in rows]
+    width = max(len("checks"), *map(len, checks))
     lines = [
-        f"{'partition':<11} {'version':>7}  {'status':<11} {'rows':>8}  {'code':<5} {'checks':<44} "
-        f"{'run':<8}  when (UTC)"
+        f"{'partition':<11} {'version':>7}  {'status':<11} {'rows':>8}  {'code':<5} {'checks':<{width}} "
+        f"{'run':<8}  status since (UTC)"
     ]
-    for r in rows:
-        checks = " ".join(f"{n}{'+' if ok else '!'}" for n, ok in r["checks"].items()) or "-"
+    for r, passed in zip(rows, checks, strict=True):
         when = (r["decided_at"] or r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
         status = r["status"] + ("*" if r.get("missing_inputs") else "")
         lines.append(
             f"{r['partition']:<11} {r['version']:>7}  {status:<11} {r['rows'] or 0:>8}  "
-            f"{r['code_version'] or '-':<5} {checks:<44} {(r['run_id'] or '-')[:8]:<8}  {when}"
+            f"{r['code_version'] or '-':<5} {passed:<{width}} {(r['run_id'] or '-')[:8]:<8}  {when}"
         )
     lines.append("checks: + passed, ! failed")
     if any(r.get("missing_inputs") for r in rows):

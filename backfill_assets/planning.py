@@ -559,6 +559,8 @@ def _table_node(graph, asset: str):
 
 def render(plan: Plan) -> str:
     """The plan as a table for people."""
+    if not plan.impacts:
+        return f"Blast radius of {plan.scope.get('description', 'the change')}\n\nNothing to backfill."
     rows = [("asset", "why", "partitions", "rows now", "code: published -> current", "est.", "owners")]
     for i in plan.tables:
         published = ", ".join(f"{v} ({n})" for v, n in sorted(i.published_code_versions.items())) or "-"

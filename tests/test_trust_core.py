@@ -314,3 +314,34 @@ def test_hourly_partitions_in_berlin_time_publish_each_hour_once(project):
         (f"2025-01-01-{h:02d}:00", len(expected[pd.Timestamp(dt.datetime(2025, 1, 1, h, tzinfo=berlin))]))
         for h in range(24)
     ]
+
+
+def test_small_truths_of_the_cli_on_a_users_project(project, capsys):
+    """plan --stale with nothing stale says so (no empty table); history's columns fit what they hold."""
+    assert materialize("payments", "2025-01-01", PAY_GEN="1") == cli.EXIT_OK
+    capsys.readouterr()
+    assert bfa_cli("plan", "--stale") == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "Nothing to backfill." in out and "asset  " not in out
+    assert bfa_cli("history", "payments", "--partition", "2025-01-01") == cli.EXIT_OK
+    header, row, *_ = capsys.readouterr().out.splitlines()
+    (run_id,) = read(project, "SELECT run_id FROM bfa.versions WHERE row_count = 3")[0]
+    assert header.index("run") == row.index(run_id[:8])
+    assert header.endswith("status since (UTC)")
+
+
+def test_a_held_reconcile_names_money_to_the_cent(tmp_path):
+    """`revenue 912258.12 vs expected 456129.06`, not rounded to six digits."""
+    import backfill_assets as bfa
+
+    con = bfa.warehouse.connect(str(tmp_path / "w.duckdb"))
+    spec = bfa.TableSpec(
+        name="revenue", partitions=dg.DailyPartitionsDefinition(start_date="2025-01-01"), partition_column="day",
+        grain=["day"], columns={}, code_version="1", metrics={"revenue": "sum(amount)"},
+        rules=[bfa.Reconcile("matches_payments", "revenue", "SELECT $start::DATE, 456129.06")],
+    )  # fmt: skip
+    report = bfa.write_audit_publish(
+        con, spec, "SELECT $start::DATE AS day, 912258.12::DECIMAL(18, 2) AS amount", ["2025-01-01"], run_id="r"
+    )
+    con.close()
+    assert "revenue 912258.12 vs expected 456129.06" in report.failure_message()
