@@ -136,13 +136,12 @@ def check_inputs(
     """The gate before a run's transform: `needs` maps each partition of the run to the upstream partitions it
     reads (:class:`planning.Need`: asset, key, late). Returns the outcome and, for a table with
     ``incomplete_inputs="provisional"``, partition -> the late inputs it publishes without ("asset key")."""
-    uppers = sorted({n.asset for ns in needs.values() for n in ns})
-    published = {a: set(catalog.published_partitions(con, a)) for a in uppers}
-    missing = {k: [n for n in ns if n.key not in published[n.asset]] for k, ns in needs.items()}
+    published = catalog.published_keys(con)
+    missing = {k: [n for n in ns if n.key not in published(n.asset)] for k, ns in needs.items()}
     missing = {k: ns for k, ns in missing.items() if ns}
     allow_late = spec.incomplete_inputs == "provisional"
     refused = {k: ns for k, ns in missing.items() if not allow_late or any(not n.late for n in ns)}
-    provisional = {k: [f"{n.asset} {n.key}" for n in ns] for k, ns in missing.items() if k not in refused}
+    provisional = {k: [n.label for n in ns] for k, ns in missing.items() if k not in refused}
     read = sum(len(ns) for ns in needs.values())
     figures = {
         "upstream_partitions_read": read,
@@ -151,7 +150,7 @@ def check_inputs(
     }
     which = refused or missing
     failures = [
-        {"partition": k, "missing": ", ".join(f"{n.asset} {n.key}" for n in ns)}
+        {"partition": k, "missing": ", ".join(n.label for n in ns)}
         for k, ns in sorted(which.items())[:SAMPLE_ROWS]
     ]
     if not missing:

@@ -345,6 +345,17 @@ def mark_provisional(con: duckdb.DuckDBPyConnection, missing: Mapping[int, Seque
         )
 
 
+def input_label(asset: str, key: str) -> str:
+    """How an upstream partition is named in ``missing_inputs`` (and in messages): "asset key"."""
+    return f"{asset} {key}"
+
+
+def parse_input(label: str) -> tuple[str, str]:
+    """(asset, key) of an :func:`input_label`; asset names hold no space (they are identifiers)."""
+    asset, key = label.split(" ", 1)
+    return asset, key
+
+
 def provisional(con: duckdb.DuckDBPyConnection, asset: str | None = None) -> dict[tuple[str, str], list[str]]:
     """(asset, partition) -> the late inputs its published version was made without, for provisional ones."""
     rows = con.execute(

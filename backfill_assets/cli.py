@@ -190,7 +190,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         by_input: dict[str, set[str]] = {}
         for missing in parts.values():
             for need in missing:
-                upstream, key = need.split(" ", 1)
+                upstream, key = catalog.parse_input(need)
                 by_input.setdefault(upstream, set()).add(key)
         inputs = "; ".join(f"{a} {_span_of(sorted(ks))}" for a, ks in sorted(by_input.items()))
         _say(

@@ -294,6 +294,10 @@ class Need:
     key: str
     late: bool
 
+    @property
+    def label(self) -> str:
+        return catalog.input_label(self.asset, self.key)
+
 
 def required_inputs(
     graph, child: dg.AssetKey, keys: Sequence[str], parents: Iterable[dg.AssetKey]
@@ -384,7 +388,7 @@ def materialize_runs(
         ready = []
         for part, needs in required_inputs(graph, key, impact.keys, upstream_tables(graph, key)).items():
             missing = [
-                f"{n.asset} {n.key}"
+                n.label
                 for n in needs
                 if not (n.key in published(n.asset) or n.key in rebuilt[n.asset] or (n.late and provisional))
             ]
@@ -531,14 +535,11 @@ def stale_seeds(graph, con: duckdb.DuckDBPyConnection) -> tuple[dict[dg.AssetKey
         why.setdefault(asset, []).append(
             f"stale: published under code version {', '.join(sorted(old))}, current {current}"
         )
-    now_published: dict[str, set[str]] = {}
+    now_published = catalog.published_keys(con)
     ready: dict[str, list[str]] = {}
     for (asset, key), missing in catalog.provisional(con).items():
-        inputs = [m.split(" ", 1) for m in missing]
-        for upstream, _ in inputs:
-            if upstream not in now_published:
-                now_published[upstream] = set(catalog.published_partitions(con, upstream))
-        if _table_node(graph, asset) is not None and all(k in now_published[u] for u, k in inputs):
+        inputs = [catalog.parse_input(m) for m in missing]
+        if _table_node(graph, asset) is not None and all(k in now_published(u) for u, k in inputs):
             ready.setdefault(asset, []).append(key)
     for asset, keys in ready.items():
         stale.setdefault(asset, []).extend(keys)
