@@ -140,7 +140,8 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     con.execute("COMMIT")
 
 
-def _has(con: duckdb.DuckDBPyConnection, table: str, column: str | None = None) -> bool:
+def has(con: duckdb.DuckDBPyConnection, table: str, column: str | None = None) -> bool:
+    """Whether ``bfa.<table>`` (a catalog table or a version table) exists, or has `column`."""
     if column is None:
         sql, args = "SELECT 1 FROM duckdb_tables() WHERE schema_name = 'bfa' AND table_name = ?", [table]
     else:
@@ -151,10 +152,10 @@ def _has(con: duckdb.DuckDBPyConnection, table: str, column: str | None = None) 
 
 def ensure(con: duckdb.DuckDBPyConnection) -> None:
     """Create the catalog, or bring one written by an older release up to date (each step once)."""
-    old = _has(con, "versions")
-    had_history = _has(con, "pointer_history")
+    old = has(con, "versions")
+    had_history = has(con, "pointer_history")
     con.execute(_DDL.format(statuses=", ".join(f"'{s}'" for s in STATUSES)))
-    if old and not _has(con, "versions", "metrics"):
+    if old and not has(con, "versions", "metrics"):
         with transaction(con):  # versions keep their metrics: take them from the ledger entries that decided them
             con.execute("""
                 ALTER TABLE bfa.versions ADD COLUMN metrics JSON;
@@ -163,13 +164,13 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
                     FROM bfa.ledger WHERE action IN ('publish', 'hold', 'candidate')
                 ) l WHERE v.version = l.version""")
     for column, kind in (("staged_by", "VARCHAR"), ("missing_inputs", "VARCHAR[]")):
-        if old and not _has(con, "versions", column):
+        if old and not has(con, "versions", column):
             con.execute(f"ALTER TABLE bfa.versions ADD COLUMN {column} {kind}")
-    if old and not _has(con, "versions", "columns"):
+    if old and not has(con, "versions", "columns"):
         with transaction(con):  # a version's columns: what the table had when versions did not keep their own
             con.execute("ALTER TABLE bfa.versions ADD COLUMN columns VARCHAR[]")
             for (asset,) in con.execute("SELECT DISTINCT asset FROM bfa.versions").fetchall():
-                if _has(con, asset):
+                if has(con, asset):
                     con.execute(
                         "UPDATE bfa.versions SET columns = ? WHERE asset = ?", [physical_columns(con, asset), asset]
                     )

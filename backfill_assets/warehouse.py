@@ -94,11 +94,8 @@ def abandon_orphans(con: duckdb.DuckDBPyConnection, asset: str) -> int:
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, asset: str) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'bfa' AND table_name = ?", [asset]
-        ).fetchall()[0][0]
-    )
+    """Whether the version table ``bfa.<asset>`` exists."""
+    return catalog.has(con, asset)
 
 
 def describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[str, str]]:
