@@ -385,9 +385,11 @@ def check_reconciled(
             figures[f"{rule.name}.partitions_off"] = len(bad)
             if bad:
                 worst = max(bad, key=lambda b: abs(b["difference"]))
+                actual, expected = _figure(worst["actual"]), _figure(worst["expected"])
+                off = f", off by {worst['difference']:.3g}" if actual == expected else ""  # below what prints
                 broken.append(
                     f"{rule.name}: {plural(len(bad), 'partition')} off (worst {worst['partition']}: "
-                    f"{rule.metric} {_figure(worst['actual'])} vs expected {_figure(worst['expected'])})"
+                    f"{rule.metric} {actual} vs expected {expected}{off})"
                 )
             failures += bad[:SAMPLE_ROWS]
         elif isinstance(rule, Invariant):
@@ -454,10 +456,21 @@ def check_schema(
         "rows_sampled_for_value_checks": sampled,
     }
     if failures:
-        summary = "; ".join(f"{f['column']}: {f['problem']}" for f in failures[:SAMPLE_ROWS])
+        summary = "; ".join(_schema_problem(f) for f in failures[:SAMPLE_ROWS])
     else:
         summary = f"{len(spec.columns)} columns as declared"
     return CheckOutcome(SCHEMA, not failures, summary, figures, failures)
+
+
+def _schema_problem(f: Mapping[str, Any]) -> str:
+    """One schema failure for people: ``revenue: DOUBLE, declared DECIMAL(18,2)``."""
+    if f["problem"] == "type":
+        return f"{f['column']}: {f['actual']}, declared {f['expected']}"
+    if f["problem"] == "missing":
+        return f"{f['column']}: missing (declared {f['expected']})"
+    if f["problem"] == "not declared":
+        return f"{f['column']}: {f['actual']}, not declared"
+    return f"{f['column']}: {f['problem']} ({f['value']})"
 
 
 @functools.cache

@@ -194,12 +194,13 @@ def _scope_plan(scope: Any, graph, add) -> planning.Plan | None:
         add(Check("scope", False, str(e).replace("--select", "select").replace("--from", "from").replace("--to", "to")))
         return None
     seeds = planning.selection_seeds(graph, keys, start, end)
-    empty = [k.to_user_string() for k, r in seeds.items() if not r]
+    empty = [k.to_user_string() for k, r in seeds.items() if not r and graph.get(k).partitions_def is not None]
     if empty:
         add(Check("scope", False, f"no whole partition of {', '.join(empty)} lies in {start}..{end}"))
         return None
-    last = max(planning.partition_index(graph.get(k).partitions_def).keys[-1] for k in keys)
-    add(Check("scope", True, f"{scope.get('select')} over {start}..{end} (partitions exist up to {last})"))
+    ends = [planning.partition_index(p).keys[-1] for p in planning.time_defs(graph, keys)]
+    exist = f" (partitions exist up to {max(ends)})" if ends else ""
+    add(Check("scope", True, f"{scope.get('select')} over {start}..{end}{exist}"))
     return planning.blast_radius(graph, seeds)
 
 

@@ -380,6 +380,17 @@ def version_columns(con: duckdb.DuckDBPyConnection, versions: Sequence[int]) -> 
     return {v: tuple(c or ()) for v, c in rows}
 
 
+def kept_versions_with(con: duckdb.DuckDBPyConnection, asset: str, column: str, token: str) -> list[int]:
+    """Versions of `asset` whose rows are kept (not abandoned, discarded or vacuumed) and that have `column`, or
+    whose columns are not recorded yet; versions another run is staging count, the run of `token`'s do not."""
+    rows = con.execute(
+        "SELECT version FROM bfa.versions WHERE asset = ? AND status NOT IN ('abandoned', 'discarded', 'vacuumed') "
+        "AND staged_by IS DISTINCT FROM ? AND (columns IS NULL OR list_contains(columns, ?)) ORDER BY version",
+        [asset, token, column],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def row_count(con: duckdb.DuckDBPyConnection, versions: Sequence[int]) -> int:
     return int(
         con.execute(

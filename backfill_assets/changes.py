@@ -75,6 +75,8 @@ class Note:
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)  # asset -> published/held keys, checks
     changes: list[MetricChange] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
+    # unpartitioned assets downstream of the published tables: rebuilt whole, not versioned by backfill-assets
+    unpartitioned: list[str] = field(default_factory=list)
 
     def expected_changes(self) -> list[dict[str, Any]]:
         """The brief's expected changes, each with the actual relative move and a verdict."""
@@ -113,6 +115,7 @@ class Note:
                 ],
                 "expected_changes": self.expected_changes(),
                 "consumers": self.consumers,
+                "unpartitioned": self.unpartitioned,
             },
             indent=2,
             sort_keys=True,
@@ -134,6 +137,12 @@ class Note:
             lines.append(
                 f"| {asset} | {_ranges(info['published'])} | {_ranges(info['held']) or '-'} | {info['checks']} |"
             )
+        if self.unpartitioned:
+            lines += [
+                "",
+                f"Downstream and unpartitioned, rebuilt whole (no versions, so no diff or rollback here): "
+                f"{', '.join(self.unpartitioned)}.",
+            ]
         lines += [
             "",
             "## Metrics",

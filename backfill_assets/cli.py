@@ -10,18 +10,21 @@ reached or refused the request.
 import argparse
 import dataclasses
 import datetime as dt
-import importlib.util
 import json
 import os
 import sys
 import time
+import tomllib
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.code_pointer import load_python_file, load_python_module  # Dagster's own -f and -m import
+from dagster.components.definitions import LazyDefinitions
 
-from . import briefs, catalog, changes, diff, history, launch, planning, warehouse
+from . import briefs, catalog, changes, diff, history, instance, launch, planning, warehouse
 from .audit import plural
 from .factory import PROVISIONAL_METADATA, WAREHOUSE_KEY
 
@@ -33,18 +36,72 @@ class UsageError(Exception):
     """A mistake in how the command was called; the message says what to change."""
 
 
-def load_definitions(path: str) -> dg.Definitions:
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"no definitions file at {path}; pass -f path/to/definitions.py")
-    sys.path.insert(0, str(file.resolve().parent))
-    spec = importlib.util.spec_from_file_location("_bfa_user_definitions", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    found = [v for v in vars(module).values() if isinstance(v, dg.Definitions)]
-    if len(found) != 1:
-        raise UsageError(f"{path} must define exactly one dagster Definitions object, found {len(found)}")
-    return found[0]
+def load_definitions(args: argparse.Namespace | str) -> dg.Definitions:
+    """The Definitions of ``-f FILE`` (or a path) or ``-m MODULE``, imported as ``dagster dev`` does (the working
+    directory on the import path, and the file's own directory); with neither, ``definitions.py`` here, else the
+    project of ``pyproject.toml`` here (``[tool.dg.project]`` or ``[tool.dagster] module_name``). A failing
+    import is a one-line UsageError."""
+    if isinstance(args, str):
+        file, module = args, None
+    else:
+        file, module = getattr(args, "file", None), getattr(args, "module", None)
+    if not file and not module:
+        file, module = ("definitions.py", None) if Path("definitions.py").is_file() else (None, _project_module())
+    where = file or module
+    if file and not Path(file).is_file():
+        raise UsageError(f"no definitions file at {file}; pass -f path/to/definitions.py or -m package.module")
+    if file and str(Path(file).resolve().parent) not in sys.path:
+        sys.path.insert(0, str(Path(file).resolve().parent))
+    try:
+        here = os.getcwd()
+        loaded = load_python_file(file, here, add_uuid_suffix=True) if file else load_python_module(module, here)
+        found = [v for v in vars(loaded).values() if isinstance(v, dg.Definitions | LazyDefinitions)]
+        if len(found) != 1:
+            raise UsageError(f"{where} must define exactly one dagster Definitions object, found {len(found)}")
+        defs = found[0]() if isinstance(found[0], LazyDefinitions) else found[0]
+    except UsageError:
+        raise
+    except Exception as e:  # the user's code: say what failed and where, in one line
+        raise UsageError(f"could not load {where}: {_error_line(e)}") from None
+    return defs
+
+
+def _project_module() -> str:
+    """The definitions module of the Dagster project in the working directory."""
+    try:
+        config = tomllib.loads(Path("pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        config = {}
+    tool = config.get("tool", {})
+    project = tool.get("dg", {}).get("project", {})
+    default = f"{project['root_module']}.definitions" if "root_module" in project else None
+    module = project.get("code_location_target_module") or default or tool.get("dagster", {}).get("module_name")
+    if not module:
+        raise UsageError(
+            "no definitions.py here and no Dagster project in ./pyproject.toml; pass -f path/to/definitions.py "
+            "or -m package.module"
+        )
+    return module
+
+
+def _error_line(error: BaseException) -> str:
+    """``ModuleNotFoundError: No module named 'x' (experiments/x.py, line 3)``: the root cause and the deepest
+    frame of it outside Python's and Dagster's own code."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if "site-packages" not in f.filename and not f.filename.startswith("<frozen")
+    ]
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    at = f" ({os.path.relpath(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {message}{at}"
+
+
+def project_dir(args: argparse.Namespace) -> Path:
+    """Where the project's backfills/ folder is: next to the -f file, else the working directory."""
+    return Path(args.file).resolve().parent if getattr(args, "file", None) else Path.cwd()
 
 
 def _date(text: str) -> dt.date:
@@ -119,7 +176,9 @@ def _failure_messages(result: dg.ExecuteInProcessResult) -> tuple[list[str], boo
                 held = True
             else:  # an exception in the step: its own message, not Dagster's wrapper or a traceback
                 error = data.error.cause or data.error
-                out.append(error.message.strip().splitlines()[0])
+                line = error.message.strip().splitlines()[0]
+                # our own errors say what to change; their class name is noise
+                out.append(line.split(": ", 1)[1] if line.startswith("backfill_assets.") else line)
     return out, held
 
 
@@ -142,7 +201,7 @@ def materialize_runs(
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     runs, waiting, blocked = materialize_runs(defs, args.select, args.start, args.end)
     job = defs.resolve_implicit_global_asset_job_def()
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
@@ -152,28 +211,33 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     for i, run in enumerate(runs, 1):
         names = [k.to_user_string() for k in run.assets]
         entry: dict[str, Any] = {"assets": names, "partitions": len(run.keys)}
-        entry["range"] = f"{run.keys[0]}..{run.keys[-1]}"
+        entry["range"] = f"{run.keys[0]}..{run.keys[-1]}" if run.keys else planning.WHOLE
         label = f"[{i}/{len(runs)}] {', '.join(names)}"
-        if args.only_missing and _all_published(defs, names, run.keys):
-            entry["status"] = "skipped: already published"
+        if args.only_missing and _already_there(defs, instance, run):
+            entry["status"] = "skipped: already published" if run.keys else "skipped: already materialized"
         else:
-            _say(args, f"{label}: {plural(len(run.keys), 'partition')} {entry['range']} ...")
+            what = f"{plural(len(run.keys), 'partition')} {entry['range']}" if run.keys else "unpartitioned, whole"
+            _say(args, f"{label}: {what} ...")
             started = time.perf_counter()
+            ranged = (
+                {"dagster/asset_partition_range_start": run.keys[0], "dagster/asset_partition_range_end": run.keys[-1]}
+                if run.keys
+                else {}
+            )
             result = job.execute_in_process(
                 instance=instance,
                 asset_selection=list(run.assets),
                 raise_on_error=False,
                 tags={
                     **dict(args.tag or []),
-                    "dagster/asset_partition_range_start": run.keys[0],
-                    "dagster/asset_partition_range_end": run.keys[-1],
+                    **ranged,
                     "backfill_assets/cli": "materialize",
                 },
                 run_config={"loggers": {"console": {"config": {"log_level": "INFO" if args.verbose else "CRITICAL"}}}},
             )
             entry.update(run_id=result.run_id, seconds=round(time.perf_counter() - started, 2))
             if result.success:
-                entry["status"] = _success_status(result)
+                entry["status"] = _success_status(result) if run.keys else "materialized"
             else:
                 entry["errors"], held = _failure_messages(result)
                 entry["status"] = "held" if held else "failed"
@@ -209,18 +273,22 @@ def _span_of(keys: Sequence[str]) -> str:
     return keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]} ({len(keys)} partitions)"
 
 
-def _all_published(defs: dg.Definitions, assets: Sequence[str], keys: Sequence[str]) -> bool:
+def _already_there(defs: dg.Definitions, instance: dg.DagsterInstance, run: planning.Run) -> bool:
+    """--only-missing: every partition of the run's tables is published; for unpartitioned assets, Dagster's
+    instance has a materialization of each."""
+    if not run.keys:
+        return all(instance.get_latest_materialization_event(key) is not None for key in run.assets)
     con = _read_warehouse(defs)
     try:
         published = catalog.published_keys(con)
-        return all(set(keys) <= published(a) for a in assets)
+        return all(set(run.keys) <= published(k.to_user_string()) for k in run.assets)
     finally:
         if con is not None:
             con.close()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     graph = defs.resolve_asset_graph()
     con = _read_warehouse(defs, required=args.stale)  # --stale reads the published code versions
     try:
@@ -251,7 +319,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _preflight(args: argparse.Namespace) -> tuple[dg.Definitions, briefs.Preflight]:
     brief = briefs.load(args.brief)
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     con = _read_warehouse(defs)
     try:
         return defs, briefs.preflight(brief, defs, con)
@@ -273,10 +341,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print("\nNothing launched: fix the brief and run preflight again.")
         return EXIT_HELD
     backfill_id = launch.launch(args.url, result.brief, result.plan)
-    print(
-        f"Launched backfill {backfill_id} for brief {result.brief['id']}: "
-        f"{result.plan.totals()['partitions']} partitions of {len(result.plan.tables)} assets"
-    )
+    print(f"Launched backfill {backfill_id} for brief {result.brief['id']}: {launch.scope(result.plan)}")
     print(f"Follow it in the UI: {args.url.rstrip('/')}/runs/b/{backfill_id}")
     if not args.wait:
         return EXIT_OK
@@ -312,16 +377,16 @@ def _print_status(defs: dg.Definitions, state: dict[str, Any], url: str) -> int:
             con.close()
     print(f"\nBackfill {state['id']}: {state['status']} ({state.get('title') or 'untitled'})")
     print(f"{'asset':<22} {'targeted':>8} {'published':>9} {'held':>5} {'failed':>6}")
-    counts = (state.get("assetBackfillData") or {}).get("assetBackfillStatuses") or []
+    statuses = (state.get("assetBackfillData") or {}).get("assetBackfillStatuses") or []
     problems = 0
-    for c in counts:
+    for c in statuses:
         asset = "/".join(c["assetKey"]["path"])
-        mine = ledger.get(asset, {"published": 0, "held": 0})
-        problems += mine["held"] + c["numPartitionsFailed"]
-        print(
-            f"{asset:<22} {c['numPartitionsTargeted']:>8} {mine['published']:>9} {mine['held']:>5} "
-            f"{c['numPartitionsFailed']:>6}"
-        )
+        done, failed, targeted = launch.counts(c)
+        # an unpartitioned asset is not versioned: Dagster's materialization is what it published
+        unversioned = {"published": done, "held": 0}
+        mine = ledger.get(asset, {"published": 0, "held": 0}) if "numPartitionsTargeted" in c else unversioned
+        problems += mine["held"] + failed
+        print(f"{asset:<22} {targeted:>8} {mine['published']:>9} {mine['held']:>5} {failed:>6}")
     print(
         f"Runs: {len(state['runs'])} ({', '.join(sorted({r['status'] for r in state['runs']})) or 'none yet'}). "
         f"UI: {url.rstrip('/')}/runs/b/{state['id']}"
@@ -335,17 +400,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(state, indent=2, sort_keys=True))
         return EXIT_OK
-    return _print_status(load_definitions(args.file), state, args.url)
+    return _print_status(load_definitions(args), state, args.url)
 
 
 def _table_asset(defs: dg.Definitions, name: str) -> Any:
-    """The graph node of a materializable, time-partitioned asset named on the command line."""
+    """The graph node of a derived table named on the command line."""
     graph = defs.resolve_asset_graph()
     key = dg.AssetKey.from_user_string(name)
+    tables = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if _is_table(graph.get(k)))
+    if graph.has(key) and graph.get(key).is_materializable and not _is_table(graph.get(key)):
+        raise UsageError(
+            f"{name} is a plain Dagster asset, not a derived table: it has no versions to show, diff or roll back "
+            f"(derived tables: {', '.join(tables)})"
+        )
     if not graph.has(key) or not graph.get(key).is_materializable:
-        tables = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_materializable)
         raise UsageError(f"unknown asset {name!r}; derived tables: {', '.join(tables)}")
     return graph.get(key)
+
+
+def _is_table(node: Any) -> bool:
+    return node.is_materializable and planning.TABLE_METADATA in node.metadata
 
 
 def _partition_keys(graph, node: Any, args: argparse.Namespace, required: bool = True) -> list[str] | None:
@@ -372,7 +446,7 @@ def _write_warehouse(defs: dg.Definitions):
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     node = _table_asset(defs, args.asset)
     if args.partition and args.partition not in planning.partition_index(node.partitions_def).positions:
         raise UsageError(f"{args.asset} has no partition {args.partition}")
@@ -386,7 +460,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     node = _table_asset(defs, args.asset)
     graph = defs.resolve_asset_graph()
     keys = _partition_keys(graph, node, args)
@@ -410,12 +484,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         print("\nDownstream partitions now rest on changed data (re-materialize them, or roll back with --cascade):")
         for i in radius.tables:
             if i.asset in resting:
-                print(f"  {i.asset}: {', '.join(i.partitions)} ({i.partition_count})")
+                count = f" ({i.partition_count})" if i.partitioned else " (unpartitioned: re-materialize it)"
+                print(f"  {i.asset}: {', '.join(i.partitions)}{count}")
     return EXIT_OK
 
 
 def _decide(args: argparse.Namespace, approve: bool) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     node = _table_asset(defs, args.asset)
     keys = _partition_keys(defs.resolve_asset_graph(), node, args, required=False)
     with _write_warehouse(defs) as con:
@@ -438,7 +513,7 @@ def _metadata(node: Any, key: str) -> Any:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     node = _table_asset(defs, args.asset)
     keys = _partition_keys(defs.resolve_asset_graph(), node, args)
     grain = [c.strip() for c in str(_metadata(node, "grain")).split(",")]
@@ -490,7 +565,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_cutover(args: argparse.Namespace) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     node = _table_asset(defs, args.asset)
     strategy = _metadata(node, "write_strategy")
     if strategy != "parallel_version":
@@ -506,7 +581,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
 
 
 def cmd_vacuum(args: argparse.Namespace) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     graph = defs.resolve_asset_graph()
     retention = {}
     for key in graph.get_all_asset_keys():
@@ -514,7 +589,7 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
         if node.is_materializable:
             rule = _metadata(node, "retention")
             retention[key.to_user_string()] = history.Retention(**rule) if rule else history.Retention()
-    brief_dir = Path(args.file).resolve().parent / "backfills"
+    brief_dir = project_dir(args) / "backfills"
     brief_ids = sorted(p.stem for p in brief_dir.glob("*.yaml"))
     with _write_warehouse(defs) as con:
         protected = history.brief_protected_versions(con, brief_ids)
@@ -535,7 +610,7 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
 
 
 def cmd_notes(args: argparse.Namespace) -> int:
-    defs = load_definitions(args.file)
+    defs = load_definitions(args)
     con = _read_warehouse(defs)
     if con is None:
         raise UsageError("no warehouse with published data yet")
@@ -552,16 +627,14 @@ def cmd_notes(args: argparse.Namespace) -> int:
         con.close()
     if not note.assets:
         raise UsageError(f"no publish or hold recorded for {tag}={value}")
-    brief_file = Path(args.file).resolve().parent / "backfills" / f"{brief_id}.yaml"
+    brief_file = project_dir(args) / "backfills" / f"{brief_id}.yaml"
     if brief_id and brief_file.is_file():
         note.brief = briefs.load(brief_file)
         note.title = f"Change note: {note.brief.get('title', brief_id)} ({brief_id})"
     graph = defs.resolve_asset_graph()
-    readers = {
-        c.asset: c
-        for asset in note.assets
-        for c in planning.blast_radius(graph, {dg.AssetKey.from_user_string(asset): []}).consumers
-    }
+    radius = planning.blast_radius(graph, {dg.AssetKey.from_user_string(a): [] for a in note.assets})
+    readers = {c.asset: c for c in radius.consumers}
+    note.unpartitioned = [i.asset for i in radius.tables if not i.partitioned]
     named = {n.lower() for c in readers.values() for n in (c.label, *c.owners)}
     note.consumers = [f"{c.label} ({', '.join(c.owners) or 'no owner'})" for c in readers.values()]
     note.consumers += [str(s) for s in (note.brief or {}).get("stakeholders", []) if str(s).lower() not in named]
@@ -581,13 +654,38 @@ def cmd_notes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init_instance(args: argparse.Namespace) -> int:
+    try:
+        done = instance.init(args.home)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for line in done:
+        print(line)
+    return EXIT_OK
+
+
 def _say(args: argparse.Namespace, line: str) -> None:
     if not args.json:
         print(line, flush=True)
 
 
+def _add_target(cmd: argparse.ArgumentParser) -> None:
+    where = cmd.add_mutually_exclusive_group()
+    where.add_argument(
+        "-f", "--file", help="Python file defining the Definitions (default: ./definitions.py, else the project here)"
+    )
+    where.add_argument("-m", "--module", help="Python module defining the Definitions, e.g. my_project.definitions")
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line (argparse prints the whole usage first), pointing at --help."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="backfill-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -599,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
         "instance when set. Weekly and monthly partitions are included only when their whole window lies in "
         "the range.",
     )
-    mat.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    _add_target(mat)
     mat.add_argument("--select", help="Dagster asset selection, e.g. 'key:events_clean+' (default: all)")
     mat.add_argument("--from", dest="start", type=_date, required=True, help="first date, YYYY-MM-DD")
     mat.add_argument("--to", dest="end", type=_date, required=True, help="last date, YYYY-MM-DD (inclusive)")
@@ -623,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
         "consumers to notify and an estimate from past runs. --stale plans every partition published under "
         "an older code version than the current definition.",
     )
-    plan.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    _add_target(plan)
     plan.add_argument("--select", help="Dagster asset selection (default: all)")
     plan.add_argument("--from", dest="start", type=_date, help="first date, YYYY-MM-DD")
     plan.add_argument("--to", dest="end", type=_date, help="last date, YYYY-MM-DD (inclusive)")
@@ -633,12 +731,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("preflight", help="check a backfill brief and print its blast radius (exit 1 if it fails)")
     pre.add_argument("brief", help="path of the brief, e.g. backfills/refunds-fix-2025q1.yaml")
-    pre.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    _add_target(pre)
     pre.set_defaults(func=cmd_preflight)
 
     lau = sub.add_parser("launch", help="preflight a brief, then launch its backfill on a running Dagster")
     lau.add_argument("brief", help="path of the brief")
-    lau.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    _add_target(lau)
     lau.add_argument("--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})")
     lau.add_argument("--wait", action="store_true", help="show progress until the backfill ends, then a summary")
     lau.add_argument("--poll-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
@@ -646,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sta = sub.add_parser("status", help="a launched backfill's state and per-asset summary")
     sta.add_argument("backfill_id")
-    sta.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    _add_target(sta)
     sta.add_argument("--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})")
     sta.add_argument("--json", action="store_true", help="print Dagster's answer as JSON")
     sta.set_defaults(func=cmd_status)
@@ -654,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     def table_command(name: str, help_: str, func, ranges: bool = True) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_, description=help_)
         cmd.add_argument("asset", help="the derived table, e.g. revenue_daily")
-        cmd.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+        _add_target(cmd)
         if ranges:
             cmd.add_argument("--partition", action="append", help="a partition key (repeatable)")
             cmd.add_argument("--from", dest="start", type=_date, help="first date of a range")
@@ -701,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove versions beyond each table's retention; never published ones, "
         "held ones, or versions a brief in backfills/ still needs",
     )
-    vac.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    _add_target(vac)
     vac.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
     vac.set_defaults(func=cmd_vacuum, changes_history=True)
 
@@ -711,8 +809,15 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--backfill", help="the Dagster backfill id")
     notes.add_argument("--format", choices=("md", "json"), default="md")
     notes.add_argument("--out", default="notes", help="folder for note.md and the charts (default notes/)")
-    notes.add_argument("-f", "--file", default="definitions.py", help="Python file defining the Definitions")
+    _add_target(notes)
     notes.set_defaults(func=cmd_notes)
+
+    ini = sub.add_parser(
+        "init-instance",
+        help="set up a Dagster home for a backfill-assets project: the shipped dagster.yaml and the duckdb pool limit",
+    )
+    ini.add_argument("--home", help="the Dagster home (default: $DAGSTER_HOME)")
+    ini.set_defaults(func=cmd_init_instance)
     return parser
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 
 from . import catalog, planning
+from .audit import plural
 from .factory import BRIEF_TAG, OWNER_TAG
 
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
@@ -37,6 +38,7 @@ query($id: String!) {
             assetKey { path }
             numPartitionsTargeted numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed
           }
+          ... on UnpartitionedAssetStatus { assetKey { path } inProgress materialized failed }
         }
       }
       runs(limit: 1000) { runId status }
@@ -84,20 +86,22 @@ def backfill_params(brief: dict[str, Any], plan: planning.Plan) -> dict[str, Any
             {"key": "backfill_assets/risk", "value": brief["risk"]},
             {"key": OWNER_TAG, "value": str(brief["owner"])},
         ],
+        # An unpartitioned asset is targeted whole (no partitions); Dagster runs it after its parents.
         "partitionsByAssets": [
             {
                 "assetKey": {"path": impact.asset.split("/")},
-                "partitions": {"ranges": [{"start": a, "end": b} for a, b in impact.ranges]},
+                "partitions": {"ranges": [{"start": a, "end": b} for a, b in impact.ranges]}
+                if impact.partitioned
+                else None,
             }
             for impact in plan.tables
-            if impact.ranges
+            if impact.ranges or not impact.partitioned
         ],
     }
 
 
 def describe(brief: dict[str, Any], plan: planning.Plan) -> str:
     """The brief and its blast radius as markdown: what the backfill's page in the UI shows."""
-    t = plan.totals()
     lines = [
         f"**{brief['title']}** — {brief['risk']}, owner {brief['owner']}, reviewed by {brief['reviewer']}",
         "",
@@ -107,13 +111,21 @@ def describe(brief: dict[str, Any], plan: planning.Plan) -> str:
         "| --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {i.asset} | {i.reason} | {', '.join(i.partitions)} ({i.partition_count}) | {i.rows_published or 0:,} |"
+        f"| {i.asset} | {i.reason} | {', '.join(i.partitions)}"
+        + (f" ({i.partition_count}) | {i.rows_published or 0:,} |" if i.partitioned else " | - |")
         for i in plan.tables
     ]
     if plan.consumers:
         lines += ["", "Consumers: " + "; ".join(f"{c.label} ({', '.join(c.owners)})" for c in plan.consumers)]
-    lines += ["", f"{t['assets']} assets, {t['partitions']} partitions. Rollback: {str(brief['rollback']).strip()}"]
+    lines += ["", f"{scope(plan)}. Rollback: {str(brief['rollback']).strip()}"]
     return "\n".join(lines)
+
+
+def scope(plan: planning.Plan) -> str:
+    """ "4 partitions of 2 assets and 1 unpartitioned asset": what a launch targets."""
+    t = plan.totals()
+    out = f"{plural(t['partitions'], 'partition')} of {plural(t['assets'] - t['unpartitioned'], 'asset')}"
+    return out + (f" and {plural(t['unpartitioned'], 'unpartitioned asset')}" if t["unpartitioned"] else "")
 
 
 def launch(url: str, brief: dict[str, Any], plan: planning.Plan) -> str:
@@ -131,11 +143,15 @@ def status(url: str, backfill_id: str) -> dict[str, Any]:
 
 
 def progress(state: dict[str, Any]) -> tuple[int, int, int]:
-    """(partitions done, failed, targeted) over every asset of the backfill."""
-    counts = (state.get("assetBackfillData") or {}).get("assetBackfillStatuses") or []
-    done = sum(c.get("numPartitionsMaterialized", 0) for c in counts)
-    failed = sum(c.get("numPartitionsFailed", 0) for c in counts)
-    return done, failed, sum(c.get("numPartitionsTargeted", 0) for c in counts)
+    """(partitions done, failed, targeted) over every asset of the backfill; an unpartitioned asset counts as one."""
+    per_asset = [counts(c) for c in (state.get("assetBackfillData") or {}).get("assetBackfillStatuses") or []]
+    return tuple(sum(c[i] for c in per_asset) for i in range(3))
+
+
+def counts(status: dict[str, Any]) -> tuple[int, int, int]:
+    if "numPartitionsTargeted" in status:
+        return status["numPartitionsMaterialized"], status["numPartitionsFailed"], status["numPartitionsTargeted"]
+    return int(bool(status.get("materialized"))), int(bool(status.get("failed"))), 1
 
 
 def ledger_summary(con: duckdb.DuckDBPyConnection | None, run_ids: list[str]) -> dict[str, dict[str, int]]:

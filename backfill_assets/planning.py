@@ -19,9 +19,11 @@ import dagster as dg
 import duckdb
 
 from . import catalog
+from .audit import plural
 
 Ranges = list[tuple[int, int]]  # sorted, disjoint, half-open [lo, hi) partition index ranges
 TABLE_METADATA = "partition_column"  # definition metadata every derived table has (set by derived_asset)
+WHOLE = "whole asset"  # what an unpartitioned asset in a blast radius rebuilds
 
 
 class PlanError(ValueError):
@@ -131,10 +133,14 @@ class Impact:
     reads: list[str] = field(default_factory=list)  # affected parents
     label: str = ""  # a consumer's name
     keys: list[str] = field(default_factory=list, repr=False)  # every partition key
+    partitioned: bool = True  # False: an unpartitioned asset, rebuilt whole
+    derived: bool = True  # a derived table (its facts are in the warehouse); False: a plain Dagster asset
 
     @property
     def partitions(self) -> list[str]:
-        """Condensed ranges for people, e.g. ``2025-01-01..2025-01-31``."""
+        """Condensed ranges for people, e.g. ``2025-01-01..2025-01-31``; ``whole asset`` for an unpartitioned one."""
+        if not self.partitioned:
+            return [WHOLE]
         return [a if a == b else f"{a}..{b}" for a, b in self.ranges]
 
 
@@ -154,10 +160,12 @@ class Plan:
         return [i for i in self.impacts if not i.materializable]
 
     def totals(self) -> dict[str, Any]:
-        estimates = [i.estimated_seconds for i in self.tables]
+        """The estimate covers the derived tables (the ledger knows their pace), not plain Dagster assets."""
+        estimates = [i.estimated_seconds for i in self.tables if i.derived]
         return {
             "assets": len(self.tables),
             "partitions": sum(i.partition_count for i in self.tables),
+            "unpartitioned": sum(not i.partitioned for i in self.tables),
             "rows_published": sum(i.rows_published or 0 for i in self.tables),
             "estimated_seconds": None if not estimates or None in estimates else round(sum(estimates), 2),
             "consumers": len(self.consumers),
@@ -193,6 +201,7 @@ def _impact_json(i: Impact) -> dict[str, Any]:
         "via": i.via,
         "partitions": i.partitions,
         "partition_count": i.partition_count,
+        "partitioned": i.partitioned,
         "code_version": i.code_version,
         "published_code_versions": i.published_code_versions,
         "rows_published": i.rows_published,
@@ -240,6 +249,8 @@ def blast_radius(graph, seeds: Mapping[dg.AssetKey, Ranges], reasons: Mapping[dg
                 reads=sorted(p.to_user_string() for p in node.parent_keys if p in ranges),
                 label=str(node.metadata.get("consumer", key.to_user_string())),
                 keys=index.keys_in(r) if index else [],
+                partitioned=pdef is not None,
+                derived=TABLE_METADATA in node.metadata,
             )
         )
     impacts.sort(key=lambda i: (not i.materializable, i.depth, i.asset))
@@ -270,8 +281,10 @@ def _downstream_order(graph, seeds: Iterable[dg.AssetKey]) -> list[dg.AssetKey]:
 
 def _map_edge(graph, parent: dg.AssetKey, child: dg.AssetKey, ranges: Ranges) -> Ranges:
     parent_def, child_def = graph.get(parent).partitions_def, graph.get(child).partitions_def
-    if child_def is None:  # an unpartitioned consumer: it is affected, with no partitions of its own
+    if child_def is None:  # an unpartitioned asset: it is affected (rebuilt whole), with no partitions of its own
         return []
+    if parent_def is None:  # every partition of the child reads the whole unpartitioned parent
+        return [(0, len(partition_index(child_def).keys))]
     if not isinstance(parent_def, dg.TimeWindowPartitionsDefinition) or not isinstance(
         child_def, dg.TimeWindowPartitionsDefinition
     ):
@@ -361,7 +374,8 @@ def plan_range(graph, select: str | None, start: dt.date, end: dt.date) -> Plan:
 
 @dataclass(frozen=True)
 class Run:
-    """One ranged Dagster run: assets of one partitions definition over one contiguous range of keys."""
+    """One ranged Dagster run: assets of one partitions definition over one contiguous range of keys, or
+    unpartitioned assets (no keys), rebuilt whole."""
 
     assets: tuple[dg.AssetKey, ...]
     keys: tuple[str, ...]
@@ -380,7 +394,12 @@ def materialize_runs(
     order = [k for k in _downstream_order(graph, [dg.AssetKey.from_user_string(a) for a in impacts]) if k in selected]
     for key in order:
         impact = impacts.get(key.to_user_string())
-        if impact is None or not impact.keys:
+        if impact is None:
+            continue
+        if not impact.partitioned:  # a plain asset is rebuilt whole after its parents; it has no inputs gate
+            planned[key] = []
+            continue
+        if not impact.keys:
             continue
         node = graph.get(key)
         provisional = _metadata_value(node.metadata.get("incomplete_inputs")) == "provisional"
@@ -407,6 +426,8 @@ def named_by_range(
     window lies in start..end (the others are only reached downstream of them)."""
     named = {}
     for key, ranges in selection_seeds(graph, selected, start, end).items():
+        if graph.get(key).partitions_def is None:
+            continue
         index = partition_index(graph.get(key).partitions_def)
         blocked = sorted(set(index.keys_in(ranges)) & set(waiting.get(key.to_user_string(), ())))
         if blocked:
@@ -419,12 +440,16 @@ def _metadata_value(value: Any) -> Any:
 
 
 def _runs(graph, order: Sequence[dg.AssetKey], planned: Mapping[dg.AssetKey, list[str]]) -> list[Run]:
-    """Contiguous ranges of each asset's keys, assets of one definition and range in one run, parents first."""
+    """Contiguous ranges of each asset's keys, assets of one definition and range in one run, parents first;
+    the planned unpartitioned assets together in a run of no partition keys."""
     groups: dict[tuple, list[dg.AssetKey]] = {}
     for key in order:
         pdef = graph.get(key).partitions_def
-        index = partition_index(pdef)
-        for lo, hi in index.ranges_of(planned.get(key, ())):
+        if pdef is None:
+            if key in planned:
+                groups.setdefault((None, 0, 0), []).append(key)
+            continue
+        for lo, hi in partition_index(pdef).ranges_of(planned.get(key, ())):
             groups.setdefault((pdef, lo, hi), []).append(key)
     group_of = {}
     for group, keys in groups.items():
@@ -439,21 +464,21 @@ def _runs(graph, order: Sequence[dg.AssetKey], planned: Mapping[dg.AssetKey, lis
     while needs:
         ready = [g for g, deps in needs.items() if deps <= done]
         if not ready:  # ranges that interleave across definitions: one run per asset range, in lineage order
-            return [
-                Run((k,), tuple(partition_index(graph.get(k).partitions_def).keys[lo:hi]))
-                for k in order
-                for _, lo, hi in group_of.get(k, ())
-            ]
+            return [Run((k,), _keys(pdef, lo, hi)) for k in order for pdef, lo, hi in group_of.get(k, ())]
         for g in ready:
-            pdef, lo, hi = g
-            runs.append(Run(tuple(groups[g]), tuple(partition_index(pdef).keys[lo:hi])))
+            runs.append(Run(tuple(groups[g]), _keys(*g)))
             done.add(g)
             del needs[g]
     return runs
 
 
+def _keys(pdef, lo: int, hi: int) -> tuple[str, ...]:
+    return tuple(partition_index(pdef).keys[lo:hi]) if pdef is not None else ()
+
+
 def resolve_selection(graph, select: str | None) -> set[dg.AssetKey]:
-    """Materializable assets of a Dagster selection string (all of them when None)."""
+    """Materializable assets of a Dagster selection string (all of them when None): time-partitioned ones and
+    unpartitioned ones (rebuilt whole)."""
     try:
         selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
         keys = {k for k in selection.resolve(graph) if graph.get(k).is_materializable}
@@ -462,19 +487,27 @@ def resolve_selection(graph, select: str | None) -> set[dg.AssetKey]:
     if not keys:
         raise PlanError(f"--select {select!r} matches no materializable asset")
     for key in keys:
-        if not isinstance(graph.get(key).partitions_def, dg.TimeWindowPartitionsDefinition):
+        pdef = graph.get(key).partitions_def
+        if pdef is not None and not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
             raise PlanError(
-                f"{key.to_user_string()} is not time-partitioned; backfill-assets needs daily, "
-                "weekly or monthly partitions"
+                f"{key.to_user_string()} has {type(pdef).__name__}; backfill-assets plans time-window partitions "
+                "(hourly, daily, weekly, monthly) and unpartitioned assets"
             )
     return keys
 
 
+def time_defs(graph, keys: Iterable[dg.AssetKey]) -> set[dg.TimeWindowPartitionsDefinition]:
+    return {pdef for k in keys if (pdef := graph.get(k).partitions_def) is not None}
+
+
 def check_range(graph, keys: set[dg.AssetKey], start: dt.date, end: dt.date) -> None:
-    """Refuse an inverted range or one that starts before the selection's first partition."""
+    """Refuse an inverted range or one that starts before the selection's first partition (unpartitioned assets
+    have no range to check)."""
     if end < start:
         raise PlanError(f"--from {start} is after --to {end}")
-    pdefs = {graph.get(k).partitions_def for k in keys}
+    pdefs = time_defs(graph, keys)
+    if not pdefs:
+        return
     first = min(p.time_window_for_partition_key(p.get_first_partition_key()).start.date() for p in pdefs)
     if start < first:
         raise PlanError(f"--from {start} is before the first partition of the selection ({first})")
@@ -488,10 +521,15 @@ def check_range(graph, keys: set[dg.AssetKey], start: dt.date, end: dt.date) -> 
 
 
 def selection_seeds(graph, keys: Iterable[dg.AssetKey], start: dt.date, end: dt.date) -> dict[dg.AssetKey, Ranges]:
-    """The partitions of each selected asset whose whole window lies in start..end."""
+    """The partitions of each selected asset whose whole window lies in start..end (none for an unpartitioned
+    asset: it is in the plan whole)."""
     seeds = {}
     for key in keys:
-        lo, hi = partition_index(graph.get(key).partitions_def).within(start, end)
+        pdef = graph.get(key).partitions_def
+        if pdef is None:  # rebuilt whole, whatever the range
+            seeds[key] = []
+            continue
+        lo, hi = partition_index(pdef).within(start, end)
         seeds[key] = [(lo, hi)] if lo < hi else []
     return seeds
 
@@ -569,10 +607,10 @@ def render(plan: Plan) -> str:
             (
                 i.asset,
                 i.reason,
-                f"{_preview(i.partitions)} ({i.partition_count})",
-                "-" if i.rows_published is None else f"{i.rows_published:,}",
-                f"{published} -> {i.code_version}",
-                _duration(i.estimated_seconds),
+                f"{_preview(i.partitions)} ({i.partition_count})" if i.partitioned else WHOLE,
+                "-" if i.rows_published is None or not i.derived else f"{i.rows_published:,}",
+                f"{published} -> {i.code_version}" if i.derived else f"plain asset, code {i.code_version or '-'}",
+                _duration(i.estimated_seconds) if i.derived else "-",
                 ", ".join(i.owners),
             )
         )
@@ -586,11 +624,13 @@ def render(plan: Plan) -> str:
             for c in plan.consumers
         ]
     t = plan.totals()
+    whole = f" + {plural(t['unpartitioned'], 'unpartitioned asset')} rebuilt whole" if t["unpartitioned"] else ""
+    plain = " and plain assets" if any(not i.derived for i in plan.tables) else ""
     lines += [
         "",
-        f"Totals: {t['assets']} assets, {t['partitions']:,} partitions, {t['rows_published']:,} rows "
+        f"Totals: {t['assets']} assets, {t['partitions']:,} partitions{whole}, {t['rows_published']:,} rows "
         f"published now, estimated {_duration(t['estimated_seconds'])} of transform + audit time "
-        "(run start-up not included)",
+        f"(run start-up{plain} not included)",
         f"Notify: {', '.join(plan.notify()) or 'nobody'}",
     ]
     return "\n".join(lines)

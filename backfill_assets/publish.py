@@ -301,7 +301,8 @@ def _create_source_view(con, spec, transform, window, keys, params) -> None:
     else:
         rel = transform(TransformContext(con, window["start"], window["end"], keys, params))
         if isinstance(rel, pd.DataFrame):
-            con.register(SOURCE_VIEW, rel)
+            declared = {name: col.type for name, col in spec.columns.items()}
+            warehouse.read_frame(con, rel, SOURCE_VIEW, declared, f"{spec.name}'s transform")
             return
         if not isinstance(rel, duckdb.DuckDBPyRelation):
             raise TypeError(

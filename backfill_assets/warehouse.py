@@ -133,10 +133,7 @@ def stage(
                 if col not in existing:
                     con.execute(f"ALTER TABLE {table} ADD COLUMN {quote_ident(col)} {typ}")
                 elif existing[col] != typ:
-                    raise ValueError(
-                        f"{asset}: column {col!r} changes type from {existing[col]} to {typ}; "
-                        "cast it in the transform or migrate the table to a new name"
-                    )
+                    _retype(con, cand, col, existing[col], typ)
         con.execute(
             f"INSERT INTO {table} BY NAME "
             f"SELECT s.*, coalesce(r.version, ?) AS {VERSION_COLUMN} FROM {quote_ident(source_view)} s "
@@ -145,6 +142,49 @@ def stage(
             [cand.stray_version],
         )
     return source_cols
+
+
+def _retype(con: duckdb.DuckDBPyConnection, cand: Candidate, col: str, old: str, new: str) -> None:
+    """A column's type is a version's own: when no kept version has `col` (its only versions were held and
+    discarded, or abandoned), the stored column takes the run's type; a kept version's values never change.
+    Otherwise a :class:`TypeChange` names the versions that hold the old type."""
+    kept = catalog.kept_versions_with(con, cand.asset, col, cand.token)
+    if kept:
+        shown = ", ".join(map(str, kept[:5])) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+        raise TypeChange(
+            f"{cand.asset}: column {col!r} is {new} in this run but {old} in versions {shown}, which are kept "
+            f"(published, held or kept for rollback); cast it to {old} in the transform, or give the new type "
+            "its own table name"
+        )
+    q = quote_ident(col)  # only this run's own rows, from an earlier slice, can hold values: cast them exactly
+    con.execute(f"ALTER TABLE {version_table(cand.asset)} ALTER {q} SET DATA TYPE {new} USING CAST({q} AS {new})")
+
+
+class TypeChange(WarehouseError):
+    """A run produces a column with another type than kept versions of the table have."""
+
+
+def read_frame(
+    con: duckdb.DuckDBPyConnection, frame: Any, view: str, declared: Mapping[str, str], where: str
+) -> None:
+    """A transform's DataFrame as the temp view `view`, its declared columns cast to their declared types when it is
+    read in (pandas has no exact DECIMAL: a float64 column of cents becomes DECIMAL(18,2) exactly); a value that
+    does not convert is a one-line ValueError naming the column."""
+    con.register("_bfa_frame_in", frame)
+    try:
+        casts = []
+        for name, typ in declared.items():
+            if name in frame.columns:
+                canonical = str(duckdb.sqltype(typ))  # a valid type name, never raw text
+                casts.append(f"CAST({quote_ident(name)} AS {canonical}) AS {quote_ident(name)}")
+        replace = f" REPLACE ({', '.join(casts)})" if casts else ""
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _bfa_frame AS SELECT *{replace} FROM _bfa_frame_in")
+    except duckdb.ConversionException as e:
+        detail = str(e).splitlines()[0].removeprefix("Conversion Error: ")
+        raise ValueError(f"{where}: the DataFrame does not convert to the declared column types: {detail}") from None
+    finally:
+        con.unregister("_bfa_frame_in")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS SELECT * FROM _bfa_frame")
 
 
 def _version_filter(versions: Sequence[int]) -> str:

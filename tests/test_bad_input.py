@@ -164,7 +164,7 @@ SOURCE_CASES = {
         "unique_grain",
     ),
     "duplicate deliveries": ("SELECT * FROM _generated UNION ALL (SELECT * FROM _generated LIMIT 3)", "unique_grain"),
-    "unparsable timestamps": ("SELECT * REPLACE ('yesterday-ish' AS client_ts) FROM _generated", "changes type"),
+    "unparsable timestamps": ("SELECT * REPLACE ('yesterday-ish' AS client_ts) FROM _generated", "in this run but"),
     "future timestamps": (
         "SELECT * REPLACE (if(hash(delivery_id) % 50 = 0, TIMESTAMP '2031-01-01', client_ts) AS client_ts) "
         "FROM _generated",

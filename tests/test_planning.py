@@ -7,6 +7,7 @@ import dagster as dg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backfill_assets import launch
 from backfill_assets import planning as pl
 
 DAILY = dg.DailyPartitionsDefinition(start_date="2023-01-01")
@@ -234,3 +235,59 @@ def test_materialize_rebuilds_what_plan_says_downstream_of_late_data(tmp_path, m
     out = capsys.readouterr().out
     assert "raw_events: 7 partitions 2025-04-01..2025-04-07" in out
     assert "events_clean: 10 partitions 2025-03-29..2025-04-07" in out
+
+
+def _mixed_graph():
+    """A daily table, a monthly table over it, a plain unpartitioned asset over the monthly one, and a daily asset
+    that reads a plain unpartitioned dimension: a project's own mix, not the reference pipeline."""
+
+    @dg.asset(partitions_def=DAILY)
+    def daily(): ...
+
+    @dg.asset(partitions_def=MONTHLY, deps=[daily])
+    def monthly(): ...
+
+    @dg.asset(deps=[monthly])
+    def leaderboard(): ...
+
+    @dg.asset
+    def countries(): ...
+
+    @dg.asset(partitions_def=DAILY, deps=[countries])
+    def by_country(): ...
+
+    return dg.Definitions(assets=[daily, monthly, leaderboard, countries, by_country]).resolve_asset_graph()
+
+
+def test_an_unpartitioned_asset_is_in_the_plan_whole_and_runs_after_its_parents():
+    graph = _mixed_graph()
+    march = (dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    plan = pl.plan_range(graph, "key:daily+", *march)
+    by_asset = {i.asset: i for i in plan.tables}
+    assert set(by_asset) == {"daily", "monthly", "leaderboard"}
+    assert (by_asset["leaderboard"].partitioned, by_asset["leaderboard"].partitions) == (False, ["whole asset"])
+    assert plan.totals()["unpartitioned"] == 1 and plan.totals()["partitions"] == 31 + 1
+    runs, waiting = pl.materialize_runs(graph, plan, set(graph.get_all_asset_keys()), lambda asset: set())
+    assert waiting == {}  # plain assets have no inputs gate
+    order = [k.to_user_string() for run in runs for k in run.assets]
+    assert order == ["daily", "monthly", "leaderboard"]
+    assert runs[-1].keys == ()
+    assert "leaderboard" in pl.render(plan) and "+ 1 unpartitioned asset rebuilt whole" in pl.render(plan)
+    # The default selection is every asset, plain ones too; a launch targets the plain one whole.
+    everything = pl.plan_range(graph, None, *march)
+    assert {i.asset for i in everything.tables if not i.partitioned} == {"leaderboard", "countries"}
+    params = launch.backfill_params(BRIEF, plan)["partitionsByAssets"]
+    assert {"assetKey": {"path": ["leaderboard"]}, "partitions": None} in params
+
+
+def test_every_partition_of_a_child_reads_its_whole_unpartitioned_parent():
+    graph = _mixed_graph()
+    plan = pl.plan_range(graph, "key:countries+", dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    by_asset = {i.asset: i for i in plan.tables}
+    expected = len(DAILY.get_partition_keys())  # Dagster's own count of the child's partitions
+    assert by_asset["by_country"].partition_count == expected
+    assert by_asset["countries"].partitions == ["whole asset"]
+
+
+BRIEF = {"id": "b1", "title": "t", "risk": "low-risk enrichment", "owner": "o", "reviewer": "r", "reason": "x",
+         "rollback": "y"}  # fmt: skip

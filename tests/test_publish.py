@@ -1,6 +1,7 @@
 """Write-audit-publish on a small table, straight through the library (no Dagster run)."""
 
 import datetime as dt
+from decimal import Decimal
 
 import dagster as dg
 import duckdb
@@ -8,7 +9,16 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from backfill_assets import Column, Invariant, Reconcile, TableSpec, audit_published, history, published_partitions
+from backfill_assets import (
+    Column,
+    Invariant,
+    Reconcile,
+    TableSpec,
+    WarehouseError,
+    audit_published,
+    history,
+    published_partitions,
+)
 from backfill_assets import warehouse as wh
 from backfill_assets.publish import write_audit_publish
 
@@ -366,13 +376,27 @@ def test_new_column_is_added_and_type_change_is_refused(con):
     wider = GOOD_SQL.replace("AS amount", "AS amount, 'web' AS channel")
     assert wap(con, make_spec(columns={}), wider, run_id="r2").published
     assert con.execute("SELECT DISTINCT channel FROM orders").fetchall() == [("web",)]
-    with pytest.raises(ValueError, match="column 'amount' changes type from DECIMAL"):
+    published = con.execute("SELECT * FROM orders ORDER BY ALL").fetchall()
+    with pytest.raises(WarehouseError, match=r"column 'amount' is DOUBLE in this run but DECIMAL\(18,2\) in versions"):
         wap(
             con,
             make_spec(columns={}),
             GOOD_SQL.replace("::DECIMAL(18, 2) AS amount", "::DOUBLE AS amount"),
             run_id="r3",
         )
+    assert con.execute("SELECT * FROM orders ORDER BY ALL").fetchall() == published
+
+
+def test_a_column_type_of_a_held_and_discarded_version_is_not_the_tables_for_good(con):
+    """A version's column types are its own: once the only version with DOUBLE is discarded, DECIMAL publishes."""
+    as_double = GOOD_SQL.replace("::DECIMAL(18, 2) AS amount", "::DOUBLE AS amount")
+    held = wap(con, make_spec(), as_double)
+    assert not held.passed and "amount: DOUBLE, declared DECIMAL(18,2)" in held.failure_message()
+    history.discard(con, "orders", None, "ana", "not cents")
+    assert wap(con, make_spec(), GOOD_SQL, run_id="r2").published
+    assert con.execute("SELECT DISTINCT typeof(amount) FROM orders").fetchall() == [("DECIMAL(18,2)",)]
+    expected = duckdb.sql(GOOD_SQL, params={"start": dt.date(2025, 1, 1), "end": dt.date(2025, 1, 4)})
+    assert sorted(con.execute("SELECT * FROM orders").fetchall()) == sorted(expected.fetchall())
 
 
 def test_audit_published_checks_what_consumers_read(con):
@@ -503,3 +527,25 @@ def test_a_catalog_from_before_the_pointer_history_is_brought_up_to_date(tmp_pat
     with pytest.raises(duckdb.ConstraintException):
         con.execute("INSERT INTO bfa.published SELECT * FROM bfa.published")
     con.close()
+
+
+def test_a_dataframe_transform_gets_the_declared_types_when_read_in(con):
+    """pandas has no DECIMAL: float64 cents become DECIMAL(18,2) exactly, as declared."""
+    cents = [Decimal("0.10"), Decimal("0.20"), Decimal("912258.57")]
+
+    def frame(ctx):
+        days = pd.date_range(ctx.start, ctx.end, inclusive="left").date
+        rows = [(f"{d:%Y%m%d}-{i}", d, float(c)) for d in days for i, c in enumerate(cents)]
+        return pd.DataFrame(rows, columns=["id", "d", "amount"])
+
+    assert wap(con, make_spec(), frame).published
+    assert con.execute("SELECT DISTINCT typeof(amount) FROM orders").fetchall() == [("DECIMAL(18,2)",)]
+    assert sorted(r[0] for r in con.execute("SELECT amount FROM orders").fetchall()) == sorted(cents * 3)
+
+    def text(ctx):
+        df = frame(ctx)
+        return df.assign(amount=df["amount"].astype(str).where(df["id"] != "20250102-1", "n/a"))
+
+    with pytest.raises(ValueError, match=r"^orders's transform: the DataFrame does not convert to the declared column "
+                       r"types: Could not convert string \"n/a\" to DECIMAL\(18,2\)"):  # fmt: skip
+        wap(con, make_spec(), text, run_id="r2")
