@@ -13,7 +13,7 @@ PORT ?= 3000
 # tests/test_e2e.py drives this browser; Playwright cannot download its own here.
 CHROMIUM := $(or $(BACKFILL_ASSETS_CHROMIUM),/usr/bin/chromium)
 
-.PHONY: dev test seed lint clean bench bench-plan reliability chromium
+.PHONY: dev test seed instance lint clean bench bench-plan reliability chromium
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: instance/dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp instance/dagster.yaml $@
+# The shipped instance config (backfill_assets/dagster.yaml) and the duckdb pool's limit of one writer.
+instance: $(BIN)/.installed
+	$(BIN)/backfill-assets init-instance
 
 # The demo history is built by the code as it was before the refunds fix (product_analytics/legacy.py),
 # so `backfill-assets plan --stale` and backfills/refunds-fix-2025q1.yaml have something to repair.
-seed: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
+seed: $(BIN)/.installed instance
 	$(BIN)/backfill-assets materialize -f product_analytics/legacy.py --from $(DEMO_FROM) --to $(DEMO_TO) --only-missing
 
 dev: seed

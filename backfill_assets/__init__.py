@@ -1,6 +1,7 @@
 """backfill-assets: partitioned, versioned, write-audit-publish derived tables for Dagster on DuckDB."""
 
 from .audit import CheckOutcome
+from .component import DerivedTable
 from .factory import POOL, consumer_specs, derived_asset
 from .publish import RunReport, TransformContext, audit_published, write_audit_publish
 from .spec import EMAIL, Column, Consumer, Invariant, Pattern, Reconcile, SpecError, TableSpec, quote_ident
@@ -12,6 +13,7 @@ __all__ = [
     "CheckOutcome",
     "Column",
     "Consumer",
+    "DerivedTable",
     "Invariant",
     "Pattern",
     "Reconcile",

@@ -1,6 +1,7 @@
 """The derived tables of the product-analytics pipeline, declared with backfill_assets' public API."""
 
 import os
+from pathlib import Path
 
 import dagster as dg
 import pandera.pandas as pa
@@ -394,43 +395,10 @@ revenue_daily_spec = bfa.TableSpec(
 
 # --- weekly_active_users -------------------------------------------------------------------
 
-WAU_SQL = """
-SELECT date_trunc('week', event_date)::DATE AS week_start, count(DISTINCT actor_key) AS wau
-FROM events_clean
-WHERE event_date >= $start AND event_date < $end
-GROUP BY 1
-"""
-
-weekly_active_users_spec = bfa.TableSpec(
-    name="weekly_active_users",
-    description="Distinct active actors per ISO week (Monday to Sunday, UTC).",
-    partitions=weekly,
-    partition_column="week_start",
-    grain=["week_start"],
-    columns={"week_start": col("DATE"), "wau": col("BIGINT", checks=NON_NEGATIVE)},
-    metrics={"wau": "sum(wau)"},
-    rules=[
-        bfa.Invariant(
-            "wau_at_least_each_dau",
-            "SELECT c.week_start, c.wau, d.activity_date, d.dau FROM candidate c "
-            "JOIN daily_active_users d ON d.activity_date >= c.week_start "
-            "AND d.activity_date < c.week_start + 7 WHERE d.dau > c.wau",
-            description="A week's active users are at least each of its days' active users.",
-        ),
-        bfa.Invariant(
-            "week_fully_published_upstream",
-            "SELECT c.week_start, count(d.activity_date) AS days FROM candidate c "
-            "LEFT JOIN daily_active_users d ON d.activity_date >= c.week_start "
-            "AND d.activity_date < c.week_start + 7 GROUP BY 1 HAVING count(d.activity_date) < 7",
-            description="All seven days of the week are published in daily_active_users.",
-        ),
-    ],
-    consumers=[growth_kpis],
-    code_version="1",
-    owners=[GROWTH],
-    personal_data=PERSONAL_DATA,
-    group="engagement",
-)
+# Declared in YAML (a Dagster Component, validated by `dg check yaml`): defs/weekly_active_users/defs.yaml.
+WAU_YAML = Path(__file__).parent / "defs" / "weekly_active_users" / "defs.yaml"
+weekly_active_users = bfa.DerivedTable.from_defs_yaml(WAU_YAML)
+weekly_active_users_spec = weekly_active_users.spec()
 
 # --- retention_cohorts ---------------------------------------------------------------------
 
@@ -579,7 +547,7 @@ def build_assets() -> list:
     dau = bfa.derived_asset(daily_active_users_spec, DAU_SQL, deps=[clean, sessions])
     funnel = bfa.derived_asset(funnel_daily_spec, FUNNEL_SQL, deps=[clean, dau])
     revenue = bfa.derived_asset(revenue_daily_spec, REVENUE_DAILY_SQL, deps=[clean])
-    wau = bfa.derived_asset(weekly_active_users_spec, WAU_SQL, deps=[clean, dau])
+    wau = weekly_active_users.asset()  # reads events_clean and daily_active_users
     cohort_window = dg.TimeWindowPartitionMapping(start_offset=-(COHORT_WEEKS - 1), end_offset=0)
     retention = bfa.derived_asset(
         retention_cohorts_spec, RETENTION_SQL, deps=[dg.AssetDep(clean, partition_mapping=cohort_window)]

@@ -4,16 +4,17 @@ process itself (own session, stopped by process group) and waits for runs and ba
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from backfill_assets import instance
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -94,8 +95,7 @@ class DagsterDev:
 def dagster_env(tmp_path: Path, events_per_day: str = "300") -> dict[str, str]:
     """A fresh Dagster home (with the shipped instance config) and warehouse path under `tmp_path`."""
     home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "instance" / "dagster.yaml", home / "dagster.yaml")
+    instance.init(home)
     return {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -105,16 +105,23 @@ def dagster_env(tmp_path: Path, events_per_day: str = "300") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def dagster_dev(tmp_path: Path, env: Mapping[str, str], start_timeout_s: float = 120) -> Iterator[DagsterDev]:
-    """`dagster dev -w workspace.yaml` on a free 127.0.0.1 port with `env` (see :func:`dagster_env`), in its own
-    session; stopped by process group (SIGTERM, then SIGKILL after 60 s) however the block ends."""
+def dagster_dev(
+    tmp_path: Path,
+    env: Mapping[str, str],
+    start_timeout_s: float = 120,
+    command: Sequence[str] = (str(BIN / "dagster"), "dev", "-w", "workspace.yaml"),
+    cwd: Path = ROOT,
+) -> Iterator[DagsterDev]:
+    """`command` (default: `dagster dev -w workspace.yaml` on the reference pipeline) on a free 127.0.0.1 port with
+    `env` (see :func:`dagster_env`), in its own session; stopped by process group (SIGTERM, then SIGKILL after
+    60 s) however the block ends."""
     port = free_port()
     log_path = tmp_path / "dagster_dev.log"
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT,
+            [*command, "-h", "127.0.0.1", "-p", str(port)],
+            cwd=cwd,
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
