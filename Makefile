@@ -31,7 +31,7 @@ seed: $(BIN)/.installed instance
 	$(BIN)/backfill-assets materialize -f product_analytics/legacy.py --from $(DEMO_FROM) --to $(DEMO_TO) --only-missing
 
 dev: seed
-	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	$(BIN)/dg dev -h $(HOST) -p $(PORT)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -48,7 +48,7 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 	@test -x $@ || { echo "apt-get installed chromium but there is no $@; set BACKFILL_ASSETS_CHROMIUM to its path" >&2; exit 1; }
 
-# Not part of `make test` (about 45 minutes at 100k events/day); tests/test_bench.py runs its --smoke mode.
+# Not part of `make test` (about 50 minutes at 100k events/day); tests/test_bench.py runs its --smoke mode.
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench.py
 

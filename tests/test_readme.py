@@ -17,7 +17,19 @@ def test_the_table_example_is_the_only_python_in_the_docs():
         page.relative_to(ROOT).as_posix(): len(PYTHON_BLOCK.findall(page.read_text()))
         for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     }
-    assert {page: n for page, n in blocks.items() if n} == {"docs/define-a-table.md": 1}
+    assert {page: n for page, n in blocks.items() if n} == {"docs/define-a-table.md": 1, "README.md": 1}
+
+
+def test_the_readmes_project_example_is_the_example_project_the_suite_installs_and_runs():
+    """The README's YAML table and definitions.py are examples/payments' own files, word for word, which
+    tests/test_example_project.py installs and runs end to end."""
+    readme = (ROOT / "README.md").read_text().split("## Use it in your own project", 1)[1].split("\n## ", 1)[0]
+    project = ROOT / "examples" / "payments" / "src" / "payments"
+    yaml_block = re.search(r"^```yaml\n(.*?)^```", readme, re.S | re.M).group(1)
+    assert yaml_block == (project / "defs" / "payments_daily" / "defs.yaml").read_text()
+    assert PYTHON_BLOCK.search(readme).group(1) == (project / "definitions.py").read_text()
+    setup = re.search(r"^```bash\n(.*?)^```", readme, re.S | re.M).group(1)
+    assert len(setup.splitlines()) <= 3
 
 
 def test_define_your_own_derived_table_example_runs(tmp_path, monkeypatch):
