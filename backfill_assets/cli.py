@@ -24,9 +24,10 @@ import dagster as dg
 from dagster._core.code_pointer import load_python_file, load_python_module  # Dagster's own -f and -m import
 from dagster.components.definitions import LazyDefinitions
 
-from . import briefs, catalog, changes, diff, history, instance, launch, planning, warehouse
+from . import briefs, catalog, changes, diff, history, launch, planning, warehouse
 from .audit import plural
 from .factory import PROVISIONAL_METADATA, WAREHOUSE_KEY
+from .instance import init as init_instance
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -656,7 +657,7 @@ def cmd_notes(args: argparse.Namespace) -> int:
 
 def cmd_init_instance(args: argparse.Namespace) -> int:
     try:
-        done = instance.init(args.home)
+        done = init_instance(args.home)
     except ValueError as e:
         raise UsageError(str(e)) from None
     for line in done:

@@ -140,29 +140,14 @@ class DerivedTable(dg.Component, dg.Model, dg.Resolvable):
         columns = {name: c.column() for name, c in self.columns.items()}
         rules = [Reconcile(**r.model_dump()) for r in self.reconcile]
         rules += [Invariant(**r.model_dump()) for r in self.invariants]
+        nested = {"partitions", "columns", "reconcile", "invariants", "consumers", "deps", "sql", "code_version"}
         return TableSpec(
-            name=self.name,
+            **self.model_dump(exclude=nested),
             partitions=self.partitions.definition(),
-            partition_column=self.partition_column,
-            grain=self.grain,
             columns=columns,
-            code_version=str(self.code_version),
-            description=self.description,
-            metrics=self.metrics,
             rules=rules,
-            consumers=[Consumer(c.name, c.kind, c.owners, c.url) for c in self.consumers],
-            owners=self.owners,
-            group=self.group,
-            sparse=self.sparse,
-            max_row_change=self.max_row_change,
-            partitions_per_run=self.partitions_per_run,
-            write_strategy=self.write_strategy,
-            missing_keys=self.missing_keys,
-            incomplete_inputs=self.incomplete_inputs,
-            keep_versions=self.keep_versions,
-            keep_days=self.keep_days,
-            tags=self.tags,
-            personal_data=self.personal_data,
+            consumers=[Consumer(**c.model_dump()) for c in self.consumers],
+            code_version=str(self.code_version),
         )
 
     def asset(self) -> dg.AssetsDefinition:

@@ -253,3 +253,17 @@ def test_a_bad_field_in_a_yaml_table_fails_dg_check_yaml_naming_it(project):
     yaml_file.write_text(yaml_file.read_text().replace("partition_column:", "partition_colum:"))
     out = project.run("check", "yaml", program="dg", expect=1)
     assert "'partition_colum' was unexpected" in out and "'partition_column' is a required property" in out, out
+
+
+def test_the_reference_project_passes_dg_check_yaml_check_defs_and_list_defs(tmp_path):
+    dg = Path(sys.executable).parent / "dg"
+    env = {**os.environ, "BACKFILL_ASSETS_DB": str(tmp_path / "warehouse.duckdb"), "DAGSTER_HOME": str(tmp_path)}
+    for args in (["check", "yaml"], ["check", "defs"]):
+        done = subprocess.run([str(dg), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    done = subprocess.run([str(dg), "list", "defs", "--json"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    listed = {a["asset_key"] for a in json.loads(done.stdout)["assets"]}
+    from product_analytics.tables import SPECS  # what the reference pipeline declares, YAML table included
+
+    assert {s.name for s in SPECS} <= listed and "weekly_active_users" in listed
