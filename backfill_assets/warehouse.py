@@ -153,8 +153,8 @@ def _retype(con: duckdb.DuckDBPyConnection, cand: Candidate, col: str, old: str,
         shown = ", ".join(map(str, kept[:5])) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
         raise TypeChange(
             f"{cand.asset}: column {col!r} is {new} in this run but {old} in versions {shown}, which are kept "
-            f"(published, held or kept for rollback); cast it to {old} in the transform, or give the new type "
-            "its own table name"
+            f"(published, held or kept for rollback); cast it to {old} in the transform, discard the held ones "
+            "(backfill-assets discard), or give the new type its own table name"
         )
     q = quote_ident(col)  # only this run's own rows, from an earlier slice, can hold values: cast them exactly
     con.execute(f"ALTER TABLE {version_table(cand.asset)} ALTER {q} SET DATA TYPE {new} USING CAST({q} AS {new})")
