@@ -131,12 +131,13 @@ def check_unique(
 
 
 def check_inputs(
-    con: duckdb.DuckDBPyConnection, spec: TableSpec, needs: Mapping[str, Sequence[Any]]
+    con: duckdb.DuckDBPyConnection, spec: TableSpec, needs: Mapping[str, Sequence[Any]], branch: str | None = None
 ) -> tuple[CheckOutcome, dict[str, list[str]]]:
     """The gate before a run's transform: `needs` maps each partition of the run to the upstream partitions it
-    reads (:class:`planning.Need`: asset, key, late). Returns the outcome and, for a table with
-    ``incomplete_inputs="provisional"``, partition -> the late inputs it publishes without ("asset key")."""
-    published = catalog.published_keys(con)
+    reads (:class:`planning.Need`: asset, key, late); in a `branch`, the branch's passing versions count as
+    published. Returns the outcome and, for a table with ``incomplete_inputs="provisional"``, partition -> the late
+    inputs it publishes without ("asset key")."""
+    published = catalog.published_keys(con, branch)
     missing = {k: [n for n in ns if n.key not in published(n.asset)] for k, ns in needs.items()}
     missing = {k: ns for k, ns in missing.items() if ns}
     allow_late = spec.incomplete_inputs == "provisional"

@@ -29,12 +29,7 @@ import duckdb
 
 OUTSIDE_WINDOW = "<outside window>"  # the partition key of a run's stray rows (outside its partitions)
 
-_DDL = """
-CREATE SCHEMA IF NOT EXISTS bfa;
-CREATE SEQUENCE IF NOT EXISTS bfa.version_seq START 1;
-CREATE SEQUENCE IF NOT EXISTS bfa.ledger_seq START 1;
-CREATE SEQUENCE IF NOT EXISTS bfa.pointer_seq START 1;
-CREATE TABLE IF NOT EXISTS bfa.versions (
+_VERSIONS = """CREATE TABLE IF NOT EXISTS bfa.{name} (
     version BIGINT PRIMARY KEY,
     asset VARCHAR NOT NULL,
     partition_key VARCHAR NOT NULL,
@@ -48,9 +43,33 @@ CREATE TABLE IF NOT EXISTS bfa.versions (
     metrics JSON,                   -- the spec's metric values over this version's rows
     columns VARCHAR[],              -- the columns this version has (the table may have more)
     staged_by VARCHAR,              -- host:pid:run token of the process writing it, while staged
-    missing_inputs VARCHAR[]        -- provisional: the late upstream partitions ("asset key") it was made without
+    missing_inputs VARCHAR[],       -- provisional: the late upstream partitions ("asset key") it was made without
+    branch VARCHAR,                 -- the branch it was staged in (see bfa.branches); NULL: none
+    base_version BIGINT             -- in a branch: the version published for its partition when it was staged
 );
-CREATE TABLE IF NOT EXISTS bfa.published (
+CREATE TABLE IF NOT EXISTS bfa.branches (
+    branch VARCHAR PRIMARY KEY,
+    title VARCHAR,
+    brief VARCHAR,                  -- the brief it runs, if any
+    risk VARCHAR,
+    reviewer VARCHAR,               -- who must approve it before it publishes (a brief's reviewer), if anyone
+    state VARCHAR NOT NULL CHECK (state IN ('open', 'published', 'discarded')),
+    created_at TIMESTAMP NOT NULL,
+    created_by VARCHAR,
+    approved_by VARCHAR,
+    approved_reason VARCHAR,
+    approved_at TIMESTAMP,
+    decided_by VARCHAR,
+    decided_at TIMESTAMP
+);
+"""
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS bfa;
+CREATE SEQUENCE IF NOT EXISTS bfa.version_seq START 1;
+CREATE SEQUENCE IF NOT EXISTS bfa.ledger_seq START 1;
+CREATE SEQUENCE IF NOT EXISTS bfa.pointer_seq START 1;
+{versions}CREATE TABLE IF NOT EXISTS bfa.published (
     asset VARCHAR NOT NULL,
     partition_key VARCHAR NOT NULL,
     version BIGINT NOT NULL,
@@ -91,6 +110,7 @@ STATUSES = {
     "published": "what consumers read now",
     "held": "failed a check; kept for inspection until approved or discarded",
     "candidate": "passed its checks under parallel_version; readable as <table>__candidate until cutover",
+    "branched": "passed its checks in an open branch; published with the whole branch, or discarded with it",
     "superseded": "replaced by a newer publish; kept for diff and rollback",
     "rolled_back": "replaced by a rollback to an earlier version",
     "abandoned": "staged by a run that died; rows deleted",
@@ -154,7 +174,7 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     """Create the catalog, or bring one written by an older release up to date (each step once)."""
     old = has(con, "versions")
     had_history = has(con, "pointer_history")
-    con.execute(_DDL.format(statuses=", ".join(f"'{s}'" for s in STATUSES)))
+    con.execute(_DDL.format(versions=_versions_ddl("versions")))
     if old and not has(con, "versions", "metrics"):
         with transaction(con):  # versions keep their metrics: take them from the ledger entries that decided them
             con.execute("""
@@ -163,7 +183,9 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
                     SELECT unnest(versions) AS version, unnest(partition_keys) AS partition_key, metrics
                     FROM bfa.ledger WHERE action IN ('publish', 'hold', 'candidate')
                 ) l WHERE v.version = l.version""")
-    for column, kind in (("staged_by", "VARCHAR"), ("missing_inputs", "VARCHAR[]")):
+    for column, kind in (
+        ("staged_by", "VARCHAR"), ("missing_inputs", "VARCHAR[]"), ("branch", "VARCHAR"), ("base_version", "BIGINT")
+    ):  # fmt: skip
         if old and not has(con, "versions", column):
             con.execute(f"ALTER TABLE bfa.versions ADD COLUMN {column} {kind}")
     if old and not has(con, "versions", "columns"):
@@ -174,6 +196,12 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
                     con.execute(
                         "UPDATE bfa.versions SET columns = ? WHERE asset = ?", [physical_columns(con, asset), asset]
                     )
+    if old and not _statuses_current(con):
+        with transaction(con):  # a CHECK constraint cannot be altered: copy the table under the current one
+            con.execute(_versions_ddl("versions_current"))
+            con.execute("INSERT INTO bfa.versions_current BY NAME SELECT * FROM bfa.versions")
+            con.execute("DROP TABLE bfa.versions")
+            con.execute("ALTER TABLE bfa.versions_current RENAME TO versions")
     for table, key in (("published", "asset, partition_key"), ("versions", "version"), ("ledger", "entry_id")):
         if old and not _has_key(con, table):  # keys a catalog from before them lacks
             con.execute(f"ALTER TABLE bfa.{table} ADD PRIMARY KEY ({key})")
@@ -181,6 +209,19 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
         with transaction(con):
             _history_from_ledger(con)
     con.execute(_PUBLISHED_METRIC)  # re-created each time: DuckDB binds a macro when it is created
+
+
+def _versions_ddl(name: str) -> str:
+    return _VERSIONS.format(name=name, statuses=", ".join(f"'{s}'" for s in STATUSES))
+
+
+def _statuses_current(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether bfa.versions' status CHECK allows every status of this release."""
+    (check,) = con.execute(
+        "SELECT expression FROM duckdb_constraints() WHERE schema_name = 'bfa' AND table_name = 'versions' "
+        "AND constraint_type = 'CHECK'"
+    ).fetchone() or ("",)
+    return all(f"'{status}'" in check for status in STATUSES)
 
 
 def _has_key(con: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -435,13 +476,17 @@ def published_partitions(con: duckdb.DuckDBPyConnection, asset: str) -> dict[str
     return {k: (v, n, h) for k, v, n, h in rows}
 
 
-def published_keys(con: duckdb.DuckDBPyConnection | None) -> Callable[[str], set[str]]:
-    """asset -> its published partition keys now, read once per asset (nothing without a warehouse)."""
+def published_keys(con: duckdb.DuckDBPyConnection | None, branch: str | None = None) -> Callable[[str], set[str]]:
+    """asset -> its published partition keys now (and those `branch` has passing versions of), read once per
+    asset (nothing without a warehouse)."""
     cache: dict[str, set[str]] = {}
+    heads = branch_heads(con, branch) if con is not None and branch else {}
+    staged = {a: {k for k, (_, status, _) in parts.items() if status == "branched"} for a, parts in heads.items()}
 
     def published(asset: str) -> set[str]:
         if asset not in cache:
             cache[asset] = set(published_partitions(con, asset)) if con is not None else set()
+            cache[asset] |= staged.get(asset, set())
         return cache[asset]
 
     return published
@@ -787,3 +832,93 @@ def _actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+# --- branches -------------------------------------------------------------------------------------------
+
+BRANCH_FIELDS = (
+    "branch", "title", "brief", "risk", "reviewer", "state", "created_at", "created_by", "approved_by",
+    "approved_reason", "approved_at", "decided_by", "decided_at",
+)  # fmt: skip
+IN_BRANCH = ("branched", "held", "staged")  # statuses of a branch's versions that are still its candidates
+
+
+def open_branch(
+    con: duckdb.DuckDBPyConnection,
+    branch: str,
+    *,
+    title: str | None = None,
+    brief: str | None = None,
+    risk: str | None = None,
+    reviewer: str | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """The branch `branch`, opened now unless it exists; a branch that was published or discarded is closed."""
+    con.execute(
+        "INSERT INTO bfa.branches (branch, title, brief, risk, reviewer, state, created_at, created_by) "
+        "VALUES (?, ?, ?, ?, ?, 'open', ?, ?) ON CONFLICT DO NOTHING",
+        [branch, title, brief, risk, reviewer, now(), actor or getpass.getuser()],
+    )
+    info = branch_info(con, branch)
+    if info["state"] != "open":
+        raise ValueError(f"branch {branch!r} was {info['state']} at {info['decided_at']:%Y-%m-%d %H:%M}; open another")
+    return info
+
+
+def branch_info(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, Any] | None:
+    row = con.execute(f"SELECT {', '.join(BRANCH_FIELDS)} FROM bfa.branches WHERE branch = ?", [branch]).fetchone()
+    return dict(zip(BRANCH_FIELDS, row, strict=True)) if row else None
+
+
+def branches(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    rows = con.execute(f"SELECT {', '.join(BRANCH_FIELDS)} FROM bfa.branches ORDER BY created_at").fetchall()
+    return [dict(zip(BRANCH_FIELDS, r, strict=True)) for r in rows]
+
+
+def branch_heads(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, dict[str, tuple[int, str, int | None]]]:
+    """asset -> partition -> (version, status, base version) of the branch's newest version of each partition."""
+    rows = con.execute(
+        "SELECT asset, partition_key, version, status, base_version FROM bfa.versions "
+        "WHERE branch = ? AND status IN (SELECT unnest(?)) AND partition_key <> ? "
+        "QUALIFY row_number() OVER (PARTITION BY asset, partition_key ORDER BY version DESC) = 1",
+        [branch, list(IN_BRANCH), OUTSIDE_WINDOW],
+    ).fetchall()
+    heads: dict[str, dict[str, tuple[int, str, int | None]]] = {}
+    for asset, key, version, status, base in rows:
+        heads.setdefault(asset, {})[key] = (version, status, base)
+    return heads
+
+
+def branch_versions(con: duckdb.DuckDBPyConnection, branch: str, asset: str | None = None) -> list[int]:
+    """Every version of the branch (of `asset`) whose rows are kept."""
+    rows = con.execute(
+        "SELECT version FROM bfa.versions WHERE branch = ? AND (? IS NULL OR asset = ?) "
+        "AND status IN (SELECT unnest(?)) ORDER BY version",
+        [branch, asset, asset, list(IN_BRANCH)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def stage_in_branch(con: duckdb.DuckDBPyConnection, asset: str, versions: Mapping[str, int], branch: str) -> None:
+    """Tie a run's versions to `branch`, each with the version published for its partition now (its base)."""
+    published = {k: v for k, (v, _, _) in published_partitions(con, asset).items()}
+    keys = list(versions)
+    con.execute(
+        "UPDATE bfa.versions SET branch = ?, base_version = b.base FROM (SELECT unnest(?::BIGINT[]) AS version, "
+        "unnest(?::BIGINT[]) AS base) b WHERE bfa.versions.version = b.version",
+        [branch, [versions[k] for k in keys], [published.get(k) for k in keys]],
+    )
+
+
+def approve_branch(con: duckdb.DuckDBPyConnection, branch: str, by: str, reason: str) -> None:
+    con.execute(
+        "UPDATE bfa.branches SET approved_by = ?, approved_reason = ?, approved_at = ? WHERE branch = ?",
+        [by, reason, now(), branch],
+    )
+
+
+def close_branch(con: duckdb.DuckDBPyConnection, branch: str, state: str, by: str | None) -> None:
+    con.execute(
+        "UPDATE bfa.branches SET state = ?, decided_by = ?, decided_at = ? WHERE branch = ?",
+        [state, by or getpass.getuser(), now(), branch],
+    )

@@ -26,7 +26,7 @@ from dagster.components.definitions import LazyDefinitions
 
 from . import briefs, catalog, changes, diff, history, launch, planning, warehouse
 from .audit import plural
-from .factory import PROVISIONAL_METADATA, WAREHOUSE_KEY
+from .factory import BRANCH_TAG, PROVISIONAL_METADATA, WAREHOUSE_KEY
 from .instance import init as init_instance
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
@@ -149,6 +149,7 @@ def _success_status(result: dg.ExecuteInProcessResult) -> str:
     (see each materialization's metadata)."""
     candidates: set[str] = set()
     provisional: dict[str, list[str]] = {}
+    branch = result.dagster_run.tags.get(BRANCH_TAG)
     for e in result.all_events:
         if e.event_type_value != "ASSET_MATERIALIZATION":
             continue
@@ -159,6 +160,8 @@ def _success_status(result: dg.ExecuteInProcessResult) -> str:
         if PROVISIONAL_METADATA in materialization.metadata:
             provisional.setdefault(asset, []).append(materialization.partition)
     status = "published" if not candidates else f"kept as parallel candidates of {', '.join(sorted(candidates))}"
+    if branch:
+        status = f"staged in branch {branch} (consumers read the published versions until it publishes)"
     if provisional:
         spans = "; ".join(f"{a} {_span_of(sorted(keys))}" for a, keys in sorted(provisional.items()))
         status += f" (provisional, before late inputs: {spans})"
@@ -232,6 +235,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 tags={
                     **dict(args.tag or []),
                     **ranged,
+                    **({BRANCH_TAG: args.branch} if args.branch else {}),
                     "backfill_assets/cli": "materialize",
                 },
                 run_config={"loggers": {"console": {"config": {"log_level": "INFO" if args.verbose else "CRITICAL"}}}},
@@ -341,8 +345,19 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(result.render())
         print("\nNothing launched: fix the brief and run preflight again.")
         return EXIT_HELD
-    backfill_id = launch.launch(args.url, result.brief, result.plan)
-    print(f"Launched backfill {backfill_id} for brief {result.brief['id']}: {launch.scope(result.plan)}")
+    brief = result.brief
+    if args.branch:  # opened before the runs, with the brief's risk and reviewer, so its publish needs the review
+        with _write_warehouse(defs) as con:
+            try:
+                catalog.open_branch(
+                    con, args.branch, title=brief["title"], brief=str(brief["id"]), risk=brief["risk"],
+                    reviewer=str(brief["reviewer"]), actor=str(brief["owner"]),
+                )  # fmt: skip
+            except ValueError as e:
+                raise warehouse.BranchError(str(e)) from None
+    backfill_id = launch.launch(args.url, brief, result.plan, args.branch)
+    where = f" into branch {args.branch}" if args.branch else ""
+    print(f"Launched backfill {backfill_id} for brief {brief['id']}{where}: {launch.scope(result.plan)}")
     print(f"Follow it in the UI: {args.url.rstrip('/')}/runs/b/{backfill_id}")
     if not args.wait:
         return EXIT_OK
@@ -655,6 +670,55 @@ def cmd_notes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_branch(args: argparse.Namespace) -> int:
+    if args.action != "list" and not args.branch:
+        raise UsageError(f"branch {args.action} needs the branch id")
+    if args.action == "approve" and not (args.by and args.reason):
+        raise UsageError("branch approve needs --by (the branch's reviewer) and --reason")
+    defs = load_definitions(args)
+    if args.action in ("list", "show"):
+        con = _read_warehouse(defs, required=True)
+        try:
+            found = [b for b in catalog.branches(con) if args.action == "list" or b["branch"] == args.branch]
+            if not found:
+                raise UsageError(f"no branch {args.branch!r}" if args.branch else "no branches yet")
+            for b in found:
+                b["partitions"] = {a: sorted(p) for a, p in catalog.branch_heads(con, b["branch"]).items()}
+                b["held"] = {
+                    a: sorted(k for k, (_, status, _) in p.items() if status != "branched")
+                    for a, p in catalog.branch_heads(con, b["branch"]).items()
+                }
+        finally:
+            con.close()
+        print(json.dumps(found, indent=2, default=str) if args.json else _render_branches(found))
+        return EXIT_OK
+    with _write_warehouse(defs) as con:
+        if args.action == "approve":
+            warehouse.approve_branch(con, args.branch, args.by, args.reason)
+            print(f"branch {args.branch}: approved by {args.by}")
+        elif args.action == "publish":
+            published = warehouse.publish_branch(con, args.branch, args.by, args.reason)
+            print(f"branch {args.branch}: published in one transaction")
+            for asset, versions in published.items():
+                print(f"  {asset}: {plural(len(versions), 'partition')} {_span_of(sorted(versions))}")
+        else:
+            freed = warehouse.discard_branch(con, args.branch, args.by, args.reason)
+            print(f"branch {args.branch}: discarded ({freed} rows freed); consumers never read it")
+    return EXIT_OK
+
+
+def _render_branches(found: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for b in found:
+        review = f", reviewer {b['reviewer']}" if b["reviewer"] else ""
+        approved = f", approved by {b['approved_by']}" if b["approved_by"] else ""
+        lines.append(f"{b['branch']}: {b['state']}{review}{approved} (opened {b['created_at']:%Y-%m-%d %H:%M} UTC)")
+        for asset, keys in b["partitions"].items():
+            held = f", held: {_span_of(b['held'][asset])}" if b["held"][asset] else ""
+            lines.append(f"  {asset}: {_span_of(keys)}{held}")
+    return "\n".join(lines)
+
+
 def cmd_init_instance(args: argparse.Namespace) -> int:
     try:
         done = init_instance(args.home)
@@ -712,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a run tag (repeatable), e.g. backfill_assets/brief=<id> to attribute the runs to a brief",
     )
+    mat.add_argument("--branch", help="stage into this branch (opened if new) instead of publishing")
     mat.set_defaults(func=cmd_materialize)
 
     plan = sub.add_parser(
@@ -740,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(lau)
     lau.add_argument("--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})")
     lau.add_argument("--wait", action="store_true", help="show progress until the backfill ends, then a summary")
+    lau.add_argument("--branch", help="stage the backfill in this branch, published later with branch publish")
     lau.add_argument("--poll-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     lau.set_defaults(func=cmd_launch)
 
@@ -813,6 +879,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(notes)
     notes.set_defaults(func=cmd_notes)
 
+    bra = sub.add_parser(
+        "branch",
+        help="a backfill staged in a branch: list, show, approve, publish (every table at once) or discard it",
+        description="Runs tagged backfill_assets/branch=ID (materialize --branch ID) stage into the branch, and "
+        "read the tables through it; consumers' views change only when the branch publishes, every asset and "
+        "partition in one transaction.",
+    )
+    bra.add_argument("action", choices=("list", "show", "approve", "publish", "discard"))
+    bra.add_argument("branch", nargs="?", help="the branch id (all but list)")
+    _add_target(bra)
+    bra.add_argument("--by", help="who approves, publishes or discards (recorded; approve: the reviewer)")
+    bra.add_argument("--reason", help="why (recorded; required to approve)")
+    bra.add_argument("--json", action="store_true", help="print JSON")
+    bra.set_defaults(func=cmd_branch)
+
     ini = sub.add_parser(
         "init-instance",
         help="set up a Dagster home for a backfill-assets project: the shipped dagster.yaml and the duckdb pool limit",
@@ -826,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except warehouse.WarehouseLockTimeout as e:  # not a usage error: another process held the file too long
+    except (warehouse.WarehouseLockTimeout, warehouse.BranchError) as e:  # not usage errors: a lock, a refusal
         print(f"backfill-assets: {e}", file=sys.stderr)
         return EXIT_HELD
     except (

@@ -14,6 +14,7 @@ PROVISIONAL_METADATA = "provisional: published without"  # partition metadata na
 WAREHOUSE_KEY = "warehouse"
 BRIEF_TAG = "backfill_assets/brief"  # run tag: the brief a backfill was launched from
 OWNER_TAG = "backfill_assets/owner"  # run tag: the brief's owner, whom the ledger records as the actor
+BRANCH_TAG = "backfill_assets/branch"  # run tag: the branch the run stages into (published later, as one)
 
 ParamsFn = Callable[[], Mapping[str, Any]]
 
@@ -79,6 +80,7 @@ def derived_asset(
                 record={catalog.RUN_TAGS: {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
                 log=context.log.info,
                 inputs=planning.required_inputs(graph, spec.key, keys, planning.upstream_tables(graph, spec.key)),
+                branch=context.run.tags.get(BRANCH_TAG) or None,
                 **_who_and_why(context.run),
             )
         # Every check gates the publish; Dagster is told only the outcomes of the checks it selected.
@@ -89,6 +91,8 @@ def derived_asset(
                 description=report.failure_message(), metadata={"held_partitions": len(keys)}, allow_retries=False
             )
         verb = "published" if report.published else f"kept as a parallel candidate ({spec.name}__candidate) of"
+        if report.outcome == "branch":
+            verb = f"staged in branch {context.run.tags[BRANCH_TAG]} (published with it):"
         if report.provisional:
             verb = "provisionally published"
             context.log.warning(f"{spec.name}: {report.outcomes[0].summary}")
@@ -199,8 +203,13 @@ def _md_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _run_metadata(report: RunReport) -> dict[str, Any]:
     versions = [v for v, _, _ in report.partitions.values()]
+    outcomes = {
+        "publish": "published",
+        "candidate": "parallel candidate: publish with backfill-assets cutover",
+        "branch": "staged in a branch: publish it with backfill-assets publish",
+    }
     return {
-        "outcome": "published" if report.published else "parallel candidate: publish with backfill-assets cutover",
+        "outcome": outcomes[report.outcome],
         "partitions_published": len(report.partitions) if report.published else 0,
         "rows_in_run": report.rows,
         "transform_seconds": round(report.transform_s, 3),

@@ -11,7 +11,7 @@ import duckdb
 
 from . import catalog, planning
 from .audit import plural
-from .factory import BRIEF_TAG, OWNER_TAG
+from .factory import BRANCH_TAG, BRIEF_TAG, OWNER_TAG
 
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
@@ -76,8 +76,9 @@ def graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     return payload["data"]
 
 
-def backfill_params(brief: dict[str, Any], plan: planning.Plan) -> dict[str, Any]:
-    """LaunchBackfillParams covering the blast radius: exact partition ranges per asset."""
+def backfill_params(brief: dict[str, Any], plan: planning.Plan, branch: str | None = None) -> dict[str, Any]:
+    """LaunchBackfillParams covering the blast radius: exact partition ranges per asset; with `branch`, every run
+    stages into it."""
     return {
         "title": f"[{brief['id']}] {brief['title']}",
         "description": describe(brief, plan),
@@ -85,6 +86,7 @@ def backfill_params(brief: dict[str, Any], plan: planning.Plan) -> dict[str, Any
             {"key": BRIEF_TAG, "value": str(brief["id"])},
             {"key": "backfill_assets/risk", "value": brief["risk"]},
             {"key": OWNER_TAG, "value": str(brief["owner"])},
+            *([{"key": BRANCH_TAG, "value": branch}] if branch else []),
         ],
         # An unpartitioned asset is targeted whole (no partitions); Dagster runs it after its parents.
         "partitionsByAssets": [
@@ -128,8 +130,8 @@ def scope(plan: planning.Plan) -> str:
     return out + (f" and {plural(t['unpartitioned'], 'unpartitioned asset')}" if t["unpartitioned"] else "")
 
 
-def launch(url: str, brief: dict[str, Any], plan: planning.Plan) -> str:
-    result = graphql(url, _LAUNCH, {"params": backfill_params(brief, plan)})["launchPartitionBackfill"]
+def launch(url: str, brief: dict[str, Any], plan: planning.Plan, branch: str | None = None) -> str:
+    result = graphql(url, _LAUNCH, {"params": backfill_params(brief, plan, branch)})["launchPartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":
         raise DagsterError(f"Dagster did not launch the backfill: {result.get('message', result['__typename'])}")
     return result["backfillId"]

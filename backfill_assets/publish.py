@@ -46,7 +46,8 @@ class RunReport:
     """What one write-audit-publish run did."""
 
     asset: str
-    outcome: str  # "publish", "candidate" (parallel_version: kept for cutover), "hold" or "refuse" (inputs)
+    # "publish", "candidate" (parallel_version: kept for cutover), "branch" (kept in a branch), "hold" or "refuse"
+    outcome: str
     outcomes: list[audit.CheckOutcome]
     partitions: dict[str, tuple[int, int, str]]  # key -> (version, rows, content hash)
     metrics_before: dict[str, dict[str, Any]]  # key -> metric -> value
@@ -102,6 +103,7 @@ def write_audit_publish(
     reason: str | None = None,
     log: Callable[[str], None] | None = None,
     inputs: Mapping[str, Sequence[Any]] | None = None,
+    branch: str | None = None,
 ) -> RunReport:
     """Run `transform` for `partition_keys` and publish the result only if every check passes.
 
@@ -111,12 +113,31 @@ def write_audit_publish(
     `inputs`: partition -> the upstream partitions it reads (:func:`planning.required_inputs`); when one is
     not published the run is refused before the transform runs (outcome "refuse", nothing staged).
     A range longer than ``spec.partitions_per_write`` is staged (and reconciled) in slices; each write is
-    reported to `log`.
+    reported to `log`. In a `branch` (opened if new), a passing run is kept in the branch (outcome "branch")
+    and publishes with it (:func:`warehouse.publish_branch`); the transform and the checks read every other table
+    through the branch, and its passing versions count as published inputs.
     """
     if not partition_keys:
         raise ValueError(f"{spec.name}: no partitions to write")
     params = dict(params or {})
-    gate, provisional = audit.check_inputs(con, spec, inputs or {})
+    if branch is not None:
+        try:
+            catalog.open_branch(con, branch, actor=actor)
+        except ValueError as e:
+            raise warehouse.BranchError(str(e)) from None
+    overlay = warehouse.branch_overlay(con, branch, spec.name) if branch else []
+    try:
+        return _write_audit_publish(
+            con, spec, transform, partition_keys, run_id, params, record, actor, reason, log, inputs, branch
+        )
+    finally:
+        warehouse.drop_overlay(con, overlay)
+
+
+def _write_audit_publish(
+    con, spec, transform, partition_keys, run_id, params, record, actor, reason, log, inputs, branch
+) -> RunReport:
+    gate, provisional = audit.check_inputs(con, spec, inputs or {}, branch)
     if gate.blocks:
         report = RunReport(spec.name, "refuse", [gate], {}, {}, {}, 0.0, 0.0, list(partition_keys))
         catalog.ledger(
@@ -165,9 +186,10 @@ def write_audit_publish(
         t2 = time.perf_counter()
         outcomes.insert(0, gate)
         passed = not any(o.blocks for o in outcomes)
+        kept = "branch" if branch else "candidate" if spec.write_strategy == "parallel_version" else "publish"
         report = RunReport(
             spec.name,
-            ("candidate" if spec.write_strategy == "parallel_version" else "publish") if passed else "hold",
+            kept if passed else "hold",
             outcomes,
             {k: (v, *stats[v]) for k, v in cand.versions.items()},
             before,
@@ -194,7 +216,7 @@ def write_audit_publish(
     try:  # one transaction; if it does not commit, the staged versions are an orphan the next run abandons
         warehouse.decide(
             con, cand, stats, outcome=report.outcome, columns=list(produced), version_metrics=after,
-            provisional=report.provisional, reason=why, actor=actor, **ledger,
+            provisional=report.provisional, reason=why, actor=actor, branch=branch, **ledger,
         )  # fmt: skip
     finally:
         catalog.finished(cand)

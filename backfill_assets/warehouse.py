@@ -304,15 +304,27 @@ def decide(
     columns: Sequence[str],
     version_metrics: Mapping[str, Mapping[str, Any]] | None = None,
     provisional: Mapping[str, Sequence[str]] | None = None,
+    branch: str | None = None,
     **ledger: Any,
 ) -> None:
     """Record a run's outcome in one transaction: "publish" (every partition points at its new version),
-    "candidate" (kept beside the published data, readable as <table>__candidate) or "hold". `columns`: the
-    columns the run produced; `version_metrics`: partition key -> the spec's metric values over its new
-    version, kept with the version; `provisional`: partition key -> the late inputs it was made without."""
+    "candidate" (kept beside the published data, readable as <table>__candidate), "branch" (kept in `branch`
+    until the branch publishes) or "hold". `columns`: the columns the run produced; `version_metrics`: partition
+    key -> the spec's metric values over its new version, kept with the version; `provisional`: partition key ->
+    the late inputs it was made without. In a branch, a run's versions replace the branch's earlier ones of the
+    same partitions (their rows are deleted), held or not."""
     at = catalog.now()
     new = list(cand.versions.values())
     with transaction(con):
+        if branch is not None:
+            heads = catalog.branch_heads(con, branch).get(cand.asset, {})
+            replaced = [heads[k][0] for k in cand.versions if k in heads]
+            if replaced:
+                con.execute(
+                    f"DELETE FROM {version_table(cand.asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?))", [replaced]
+                )
+                catalog.set_status(con, replaced, "discarded", at)
+            catalog.stage_in_branch(con, cand.asset, cand.versions, branch)
         catalog.record_stats(con, stats, {cand.versions[k]: m for k, m in (version_metrics or {}).items()}, columns)
         catalog.mark_provisional(con, {cand.versions[k]: m for k, m in (provisional or {}).items()})
         entry = catalog.ledger(
@@ -331,6 +343,8 @@ def decide(
             _create_view(con, cand.asset)
         elif outcome == "hold":
             catalog.set_status(con, [*new, cand.stray_version], "held", at)
+        elif outcome == "branch":
+            catalog.set_status(con, [*new, cand.stray_version], "branched", at)
         else:  # a newer parallel candidate replaces older ones of the same partitions
             older = catalog.versions_with_status(con, cand.asset, list(cand.versions), ["candidate"])
             catalog.set_status(con, older, "superseded", at)
@@ -384,28 +398,150 @@ def repoint(
     """Publish existing versions (asset -> partition -> version) in one transaction, e.g. a rollback or an
     approval; the versions they replace get the status `displaced`. One ledger entry per asset. `step_back`:
     the assets whose targets are each partition's state before its last change (a plain rollback)."""
-    at = catalog.now()
     with transaction(con):
-        for asset, versions in targets.items():
-            entry = catalog.ledger(
-                con,
-                asset,
-                action,
-                None,
-                versions=list(versions.values()),
-                partition_keys=list(versions),
-                row_count=catalog.row_count(con, list(versions.values())),
-                **ledger,
+        _repoint(con, targets, action, displaced, step_back, **ledger)
+
+
+def _repoint(
+    con: duckdb.DuckDBPyConnection,
+    targets: dict[str, dict[str, int]],
+    action: str,
+    displaced: str,
+    step_back: Collection[str] = (),
+    **ledger: Any,
+) -> None:
+    """The body of :func:`repoint`, inside the caller's transaction."""
+    at = catalog.now()
+    for asset, versions in targets.items():
+        entry = catalog.ledger(
+            con,
+            asset,
+            action,
+            None,
+            versions=list(versions.values()),
+            partition_keys=list(versions),
+            row_count=catalog.row_count(con, list(versions.values())),
+            **ledger,
+        )
+        catalog.move_pointer(
+            con, asset, versions, action=action, entry_id=entry, displaced=displaced, step_back=asset in step_back,
+            at=at,
+        )  # fmt: skip
+        _create_view(con, asset)
+        if con.execute(
+            "SELECT 1 FROM duckdb_views() WHERE schema_name = 'main' AND view_name = ?", [asset + "__candidate"]
+        ).fetchall():
+            _create_candidate_view(con, asset)  # a cut-over candidate is no longer one
+
+
+class BranchError(WarehouseError):
+    """A branch that cannot be published, approved or discarded as asked; nothing was changed."""
+
+
+REVIEWED_RISKS = ("metric-changing repair", "schema migration", "production-critical rebuild")
+
+
+def publish_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | None, reason: str | None) -> dict:
+    """Publish every asset and partition of `branch` in ONE transaction (a ledger entry per asset, naming the
+    branch). Refused, changing nothing, when the branch is not open, needs its reviewer's approval, has a held or
+    unfinished version, or when a partition was published by something else after the branch staged it.
+    Returns asset -> partition -> version published."""
+    with transaction(con):
+        info = _open(con, branch)
+        if info["risk"] in REVIEWED_RISKS and not info["approved_by"]:
+            raise BranchError(
+                f"branch {branch} ({info['risk']}) must be approved by its reviewer {info['reviewer']} before it "
+                f"publishes: backfill-assets branch approve {branch} --by {info['reviewer']} --reason ..."
             )
-            catalog.move_pointer(
-                con, asset, versions, action=action, entry_id=entry, displaced=displaced, step_back=asset in step_back,
-                at=at,
+        heads = catalog.branch_heads(con, branch)
+        if not heads:
+            raise BranchError(f"branch {branch} has nothing staged")
+        problems, targets = [], {}
+        for asset, parts in sorted(heads.items()):
+            published = {k: v for k, (v, _, _) in catalog.published_partitions(con, asset).items()}
+            held = sorted(k for k, (_, status, _) in parts.items() if status != "branched")
+            moved = sorted(k for k, (_, _, base) in parts.items() if published.get(k) != base)
+            if held:
+                problems.append(f"{asset} {_keys(held)} is held or still running in the branch")
+            if moved:
+                problems.append(f"{asset} {_keys(moved)} was published by something else after the branch staged it")
+            targets[asset] = {k: v for k, (v, _, _) in sorted(parts.items())}
+        if problems:
+            raise BranchError(
+                f"branch {branch} not published: {'; '.join(problems)}. Re-run those partitions in the branch "
+                f"(materialize --branch {branch}), then publish again"
             )
-            _create_view(con, asset)
-            if con.execute(
-                "SELECT 1 FROM duckdb_views() WHERE schema_name = 'main' AND view_name = ?", [asset + "__candidate"]
-            ).fetchall():
-                _create_candidate_view(con, asset)  # a cut-over candidate is no longer one
+        why = reason or f"branch {branch}" + (f" (brief {info['brief']})" if info["brief"] else "")
+        _repoint(con, targets, "publish", "superseded", actor=actor, reason=why, params={"branch": branch})
+        catalog.close_branch(con, branch, "published", actor)
+    return targets
+
+
+def discard_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | None, reason: str | None) -> int:
+    """Delete every version of an open branch; returns the rows freed. Consumers' views never saw them."""
+    with transaction(con):
+        _open(con, branch)
+        freed = 0
+        for asset in sorted(catalog.branch_heads(con, branch)):
+            versions = catalog.branch_versions(con, branch, asset)
+            if table_exists(con, asset):
+                freed += con.execute(
+                    f"DELETE FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?))", [versions]
+                ).fetchall()[0][0]
+            catalog.set_status(con, versions, "discarded")
+            catalog.ledger(
+                con, asset, "discard", None, versions=versions, row_count=int(freed), actor=actor,
+                reason=reason or f"branch {branch} discarded", params={"branch": branch},
+            )  # fmt: skip
+        catalog.close_branch(con, branch, "discarded", actor)
+    return int(freed)
+
+
+def approve_branch(con: duckdb.DuckDBPyConnection, branch: str, by: str, reason: str) -> None:
+    """Record the approval; only the branch's reviewer may give it when it names one."""
+    with transaction(con):
+        info = _open(con, branch)
+        if info["reviewer"] and by.strip().lower() != str(info["reviewer"]).strip().lower():
+            raise BranchError(f"only {info['reviewer']}, the reviewer of branch {branch}, may approve it, not {by}")
+        catalog.approve_branch(con, branch, by, reason)
+
+
+def _open(con: duckdb.DuckDBPyConnection, branch: str) -> dict:
+    info = catalog.branch_info(con, branch)
+    if info is None:
+        raise BranchError(f"no branch {branch!r}; backfill-assets branch list lists them")
+    if info["state"] != "open":
+        raise BranchError(f"branch {branch} is {info['state']} already")
+    return info
+
+
+def _keys(keys: Sequence[str]) -> str:
+    return keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]} ({len(keys)} partitions)"
+
+
+def branch_overlay(con: duckdb.DuckDBPyConnection, branch: str, skip: str) -> list[str]:
+    """Temp views, on this connection only, that show each table with versions in `branch` (but `skip`, the
+    table being written) as the branch would publish it: its branch version where it has one, else what is
+    published. They shadow ``main.<table>`` for the run's transform and checks; returns their names."""
+    names = []
+    for asset, parts in catalog.branch_heads(con, branch).items():
+        if asset == skip:
+            continue
+        published = {k: v for k, (v, _, _) in catalog.published_partitions(con, asset).items()}
+        staged = {k: v for k, (v, status, _) in parts.items() if status == "branched"}
+        versions = sorted({**published, **staged}.values())
+        columns = _select_list(columns_of(con, asset, versions))
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {quote_ident(asset)} AS SELECT {columns} "
+            f"FROM {version_table(asset)} WHERE {_version_filter(versions)}"
+        )
+        names.append(asset)
+    return names
+
+
+def drop_overlay(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> None:
+    for name in names:
+        con.execute(f"DROP VIEW IF EXISTS temp.main.{quote_ident(name)}")
 
 
 def drop_versions(

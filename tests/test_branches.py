@@ -1,0 +1,213 @@
+"""A backfill in a branch publishes as one (issue 20, first part): a small project of its own, a daily table and
+a monthly table over it, written with the public engine. What consumers must read comes from this file's own
+model (which generation of the daily amounts is published), never from the library."""
+
+import threading
+
+import dagster as dg
+import duckdb
+import pytest
+
+from backfill_assets import Reconcile, TableSpec, WarehouseError, warehouse, write_audit_publish
+from backfill_assets.planning import Need
+
+DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-03-01")
+MONTHLY = dg.MonthlyPartitionsDefinition(start_date="2025-01-01", end_date="2025-03-01")
+JANUARY = [f"2025-01-{d:02d}" for d in range(1, 32)]
+
+# Each day has 3 payments of gen * (day of month) + i cents.
+DAILY_SQL = """
+SELECT d::DATE AS day, strftime(d, '%Y%m%d') || '-' || i AS id,
+       ($gen * extract(day FROM d) + i)::DECIMAL(18, 2) AS amount
+FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d), range(3) t(i)
+"""
+MONTHLY_SQL = """
+SELECT date_trunc('month', day)::DATE AS month, sum(amount)::DECIMAL(18, 2) AS total
+FROM payments WHERE day >= $start AND day < $end GROUP BY 1
+"""
+payments = TableSpec(
+    name="payments", partitions=DAILY, partition_column="day", grain=["id"], columns={}, code_version="1",
+    metrics={"amount": "sum(amount)"}, max_row_change=10.0,
+)  # fmt: skip
+monthly = TableSpec(
+    name="monthly", partitions=MONTHLY, partition_column="month", grain=["month"], columns={}, code_version="1",
+    metrics={"total": "sum(total)"}, max_row_change=10.0,
+    rules=[Reconcile("total_is_the_days", "total", "SELECT date_trunc('month', day)::DATE, sum(amount) FROM payments "
+                     "WHERE day >= $start AND day < $end GROUP BY 1")],
+)  # fmt: skip
+BROKEN_MONTHLY = MONTHLY_SQL.replace("sum(amount)::", "(sum(amount) + 1)::")
+
+
+def expected_january_total(gen: int) -> int:
+    return sum(gen * day + i for day in range(1, 32) for i in range(3))
+
+
+def month_inputs():
+    return {"2025-01-01": [Need("payments", k, False) for k in JANUARY]}
+
+
+def run(con, spec, sql, keys, gen=1, **kw):
+    return write_audit_publish(con, spec, sql, keys, run_id=f"r-{spec.name}-{gen}", params={"gen": gen}, **kw)
+
+
+def consumers_read(con) -> tuple:
+    """What the consumers' views show, in one statement (one snapshot): payments' total, monthly's January total."""
+    return con.execute("SELECT (SELECT sum(amount) FROM main.payments), (SELECT total FROM main.monthly)").fetchone()
+
+
+@pytest.fixture
+def con(tmp_path):
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as c:
+        from backfill_assets import catalog
+
+        catalog.ensure(c)
+        assert run(c, payments, DAILY_SQL, JANUARY, gen=1).published
+        assert run(c, monthly, MONTHLY_SQL, ["2025-01-01"], gen=1, inputs=month_inputs()).published
+        yield c
+
+
+def test_a_branch_changes_no_consumers_view_and_its_downstream_reads_the_branch(con):
+    before = consumers_read(con)
+    assert before == (expected_january_total(1), expected_january_total(1))
+    assert run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="fix").outcome == "branch"
+    report = run(con, monthly, MONTHLY_SQL, ["2025-01-01"], gen=2, inputs=month_inputs(), branch="fix")
+    assert report.outcome == "branch", report.failure_message()
+    assert consumers_read(con) == before  # nothing consumers read moved
+    # monthly in the branch summed the branch's payments (generation 2), not the published ones
+    assert report.metrics_after["2025-01-01"]["total"] == expected_january_total(2)
+    assert report.metrics_before["2025-01-01"]["total"] == expected_january_total(1)
+    published = warehouse.publish_branch(con, "fix", "ana", None)
+    assert set(published) == {"payments", "monthly"}
+    assert consumers_read(con) == (expected_january_total(2), expected_january_total(2))
+
+
+def test_a_held_version_in_the_branch_refuses_the_publish_and_changes_nothing(con):
+    before = consumers_read(con)
+    run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="fix")
+    held = run(con, monthly, BROKEN_MONTHLY, ["2025-01-01"], gen=2, inputs=month_inputs(), branch="fix")
+    assert held.outcome == "hold"
+    with pytest.raises(WarehouseError, match=r"monthly 2025-01-01 is held or still running in the branch"):
+        warehouse.publish_branch(con, "fix", "ana", None)
+    assert consumers_read(con) == before
+    # fixed and re-run in the branch: the new version replaces the held one, and the branch publishes as one
+    fixed = run(con, monthly, MONTHLY_SQL, ["2025-01-01"], gen=3, inputs=month_inputs(), branch="fix")
+    assert fixed.outcome == "branch"
+    warehouse.publish_branch(con, "fix", "ana", None)
+    assert consumers_read(con) == (expected_january_total(2), expected_january_total(2))
+
+
+def test_a_partition_published_after_the_branch_staged_it_is_a_conflict(con):
+    run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="fix")
+    assert run(con, payments, DAILY_SQL, ["2025-01-05"], gen=5).published  # someone else publishes one day
+    after_other = consumers_read(con)
+    with pytest.raises(WarehouseError, match=r"payments 2025-01-05 was published by something else after"):
+        warehouse.publish_branch(con, "fix", "ana", None)
+    assert consumers_read(con) == after_other
+    run(con, payments, DAILY_SQL, ["2025-01-05"], gen=2, branch="fix")  # the way out: re-run it in the branch
+    warehouse.publish_branch(con, "fix", "ana", None)
+    assert consumers_read(con)[0] == expected_january_total(2)
+
+
+def test_only_the_reviewer_approves_and_a_metric_changing_branch_needs_the_approval(con):
+    from backfill_assets import catalog
+
+    catalog.open_branch(con, "repair", risk="metric-changing repair", reviewer="li@finance.example")
+    run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="repair")
+    with pytest.raises(WarehouseError, match="must be approved by its reviewer li@finance.example"):
+        warehouse.publish_branch(con, "repair", "ana", None)
+    with pytest.raises(WarehouseError, match="only li@finance.example, the reviewer of branch repair, may approve"):
+        warehouse.approve_branch(con, "repair", "ana", "looks fine to me")
+    warehouse.approve_branch(con, "repair", "li@finance.example", "checked the deltas")
+    warehouse.publish_branch(con, "repair", "ana", None)
+    assert consumers_read(con)[0] == expected_january_total(2)
+
+
+def test_a_discarded_branch_leaves_nothing_behind(con):
+    before = consumers_read(con)
+    rows_before = con.execute("SELECT count(*) FROM bfa.payments").fetchone()[0]
+    run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="try")
+    assert warehouse.discard_branch(con, "try", "ana", "just a try") == 93
+    assert consumers_read(con) == before
+    assert con.execute("SELECT count(*) FROM bfa.payments").fetchone()[0] == rows_before
+    with pytest.raises(WarehouseError, match="branch try is discarded already"):
+        warehouse.publish_branch(con, "try", "ana", None)
+
+
+def test_a_reader_never_sees_one_table_of_the_branch_published_without_the_other(con, tmp_path):
+    run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="fix")
+    run(con, monthly, MONTHLY_SQL, ["2025-01-01"], gen=2, inputs=month_inputs(), branch="fix")
+    old, new = (expected_january_total(1),) * 2, (expected_january_total(2),) * 2
+    seen, done = set(), threading.Event()
+
+    def poll():
+        reader = con.cursor()  # another connection of this process to the same file
+        while not done.is_set():
+            seen.add(consumers_read(reader))
+        seen.add(consumers_read(reader))
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    warehouse.publish_branch(con, "fix", "ana", None)
+    done.set()
+    thread.join()
+    assert seen <= {old, new} and new in seen, seen
+
+
+PROJECT = '''
+import os
+
+import dagster as dg
+
+import backfill_assets as bfa
+from test_branches import DAILY_SQL, MONTHLY_SQL, monthly, payments
+
+defs = dg.Definitions(
+    assets=[
+        bfa.derived_asset(payments, DAILY_SQL, params=lambda: {"gen": int(os.environ.get("GEN", "1"))}),
+        bfa.derived_asset(monthly, MONTHLY_SQL, deps=["payments"]),
+    ],
+    resources={"warehouse": bfa.Warehouse()},
+    executor=dg.in_process_executor,
+)
+'''
+
+
+def test_the_cli_stages_a_backfill_in_a_branch_and_publishes_it_as_one(tmp_path, monkeypatch, capsys):
+    from backfill_assets import cli
+
+    (tmp_path / "definitions.py").write_text(PROJECT)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "w.duckdb"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    january = ["--from", "2025-01-01", "--to", "2025-01-31"]
+    assert cli.main(["materialize", *january]) == 0
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        before = consumers_read(con)
+    monkeypatch.setenv("GEN", "2")
+    assert cli.main(["materialize", *january, "--branch", "fix"]) == 0
+    out = capsys.readouterr().out
+    assert "staged in branch fix" in out, out
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert consumers_read(con) == before == (expected_january_total(1),) * 2
+    assert cli.main(["branch", "show", "fix"]) == 0
+    shown = capsys.readouterr().out
+    assert "fix: open" in shown and "payments: 2025-01-01..2025-01-31 (31 partitions)" in shown, shown
+    assert cli.main(["branch", "approve", "fix"]) == 2  # --by and --reason are required
+    assert cli.main(["branch", "publish", "fix", "--by", "ana"]) == 0
+    assert "published in one transaction" in capsys.readouterr().out
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert consumers_read(con) == (expected_january_total(2),) * 2
+    assert cli.main(["branch", "publish", "fix"]) == 1
+    assert "branch fix is published already" in capsys.readouterr().err
+
+
+def test_a_brief_launched_into_a_branch_tags_every_run_with_it():
+    from backfill_assets import launch, planning
+    from backfill_assets.factory import BRANCH_TAG
+
+    brief = {"id": "fix", "title": "t", "risk": "metric-changing repair", "owner": "ana", "reviewer": "li",
+             "reason": "r", "rollback": "branch discard"}  # fmt: skip
+    plan = planning.Plan({}, [])
+    assert {"key": BRANCH_TAG, "value": "fix-1"} in launch.backfill_params(brief, plan, "fix-1")["tags"]
+    assert BRANCH_TAG not in {t["key"] for t in launch.backfill_params(brief, plan)["tags"]}
