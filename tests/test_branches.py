@@ -211,3 +211,22 @@ def test_a_brief_launched_into_a_branch_tags_every_run_with_it():
     plan = planning.Plan({}, [])
     assert {"key": BRANCH_TAG, "value": "fix-1"} in launch.backfill_params(brief, plan, "fix-1")["tags"]
     assert BRANCH_TAG not in {t["key"] for t in launch.backfill_params(brief, plan)["tags"]}
+
+
+def test_a_catalog_from_before_branches_gets_the_new_status_and_keeps_its_versions(tmp_path):
+    from backfill_assets import catalog
+
+    with duckdb.connect(str(tmp_path / "old.duckdb")) as c:
+        catalog.ensure(c)
+        assert run(c, payments, DAILY_SQL, JANUARY[:2]).published
+        old_statuses = ", ".join(f"'{s}'" for s in catalog.STATUSES if s != "branched")
+        c.execute("CREATE TABLE bfa.old AS SELECT * EXCLUDE (branch, base_version) FROM bfa.versions")
+        c.execute("DROP TABLE bfa.versions")
+        ddl = catalog._VERSIONS.format(name="versions", statuses=old_statuses)
+        c.execute(ddl.replace("    branch VARCHAR,", "").replace(",\n    base_version BIGINT", ""))
+        c.execute("INSERT INTO bfa.versions BY NAME SELECT * FROM bfa.old")
+        c.execute("DROP TABLE bfa.old")
+        rows = c.execute("SELECT version, status, content_hash FROM bfa.versions ORDER BY 1").fetchall()
+        catalog.ensure(c)
+        assert c.execute("SELECT version, status, content_hash FROM bfa.versions ORDER BY 1").fetchall() == rows
+        assert run(c, payments, DAILY_SQL, JANUARY[:2], gen=2, branch="b").outcome == "branch"
