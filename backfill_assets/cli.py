@@ -26,7 +26,7 @@ from dagster.components.definitions import LazyDefinitions
 
 from . import briefs, catalog, changes, diff, history, launch, planning, warehouse
 from .audit import plural
-from .factory import BRANCH_TAG, PROVISIONAL_METADATA, WAREHOUSE_KEY
+from .factory import BRANCH_TAG, PROVISIONAL_METADATA, WAREHOUSE_KEY, report_pointer_changes
 from .instance import init as init_instance
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
@@ -491,6 +491,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         explicit = [args.asset] if args.to_version is not None else []
         history.rollback(con, targets, reason=args.reason, actor=None, explicit=explicit)
         after = {a: warehouse.published_partitions(con, a) for a in targets}
+        _tell_dagster(con, targets, "rollback", args.reason)
     for asset, versions in targets.items():
         print(f"{asset}: rolled back {plural(len(versions), 'partition')}")
         for key, version in versions.items():
@@ -512,6 +513,7 @@ def _decide(args: argparse.Namespace, approve: bool) -> int:
     with _write_warehouse(defs) as con:
         if approve:
             done = history.approve(con, args.asset, keys, args.by, args.reason)
+            _tell_dagster(con, {args.asset: done}, "approve", args.reason)
             print(
                 f"{args.asset}: published {plural(len(done), 'held version')} approved by {args.by}: "
                 + ", ".join(f"{k} (version {v})" for k, v in done.items())
@@ -520,6 +522,13 @@ def _decide(args: argparse.Namespace, approve: bool) -> int:
             freed = history.discard(con, args.asset, keys, args.by, args.reason)
             print(f"{args.asset}: discarded the held versions ({freed} rows freed), decided by {args.by}")
     return EXIT_OK
+
+
+def _tell_dagster(con, changes: dict[str, dict[str, int]], action: str, reason: str | None = None) -> None:
+    """Report a pointer change made here to $DAGSTER_HOME's instance (the UI's), when one is set."""
+    if os.environ.get("DAGSTER_HOME") and changes:
+        with dg.DagsterInstance.get() as instance:
+            report_pointer_changes(instance, con, changes, action, reason)
 
 
 def _metadata(node: Any, key: str) -> Any:
@@ -592,6 +601,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     keys = _partition_keys(defs.resolve_asset_graph(), node, args, required=False)
     with _write_warehouse(defs) as con:
         done = history.cutover(con, args.asset, keys, args.reason)
+        _tell_dagster(con, {args.asset: done}, "cutover", args.reason)
     print(f"{args.asset}: published {plural(len(done), 'parallel candidate')}: " + ", ".join(sorted(done)))
     return EXIT_OK
 
@@ -698,6 +708,7 @@ def cmd_branch(args: argparse.Namespace) -> int:
             print(f"branch {args.branch}: approved by {args.by}")
         elif args.action == "publish":
             published = warehouse.publish_branch(con, args.branch, args.by, args.reason)
+            _tell_dagster(con, published, f"branch {args.branch} published", args.reason)
             print(f"branch {args.branch}: published in one transaction")
             for asset, versions in published.items():
                 print(f"  {asset}: {plural(len(versions), 'partition')} {_span_of(sorted(versions))}")

@@ -4,6 +4,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from . import audit, catalog, changes, planning, sqltext
 from .publish import RunReport, Transform, audit_published, write_audit_publish
@@ -267,3 +268,29 @@ def consumer_specs(specs: Sequence[TableSpec]) -> list[dg.AssetSpec]:
         )
         for key, (c, tables) in readers.items()
     ]
+
+
+def report_pointer_changes(
+    instance: dg.DagsterInstance, con, changes: Mapping[str, Mapping[str, int]], action: str, reason: str | None
+) -> int:
+    """Tell Dagster what consumers read after a pointer change made outside a run (rollback, approve, cutover,
+    branch publish): one runless materialization per partition naming the version published and its content
+    hash (also its data version), so the asset's page describes the published data. Returns the events sent."""
+    sent = 0
+    for asset, versions in changes.items():
+        published = catalog.published_partitions(con, asset)
+        for key in versions:
+            version, rows, content_hash = published[key]
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    asset_key=dg.AssetKey.from_user_string(asset),
+                    partition=key if key != catalog.OUTSIDE_WINDOW else None,
+                    description=f"{action}: consumers read version {version}" + (f" ({reason})" if reason else ""),
+                    metadata={"version": version, "content_hash": content_hash, "dagster/row_count": rows,
+                              "pointer_change": action},
+                    tags={DATA_VERSION_TAG: content_hash},
+                )
+            )  # fmt: skip
+            sent += 1
+    return sent
+

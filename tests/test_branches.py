@@ -230,3 +230,37 @@ def test_a_catalog_from_before_branches_gets_the_new_status_and_keeps_its_versio
         catalog.ensure(c)
         assert c.execute("SELECT version, status, content_hash FROM bfa.versions ORDER BY 1").fetchall() == rows
         assert run(c, payments, DAILY_SQL, JANUARY[:2], gen=2, branch="b").outcome == "branch"
+
+
+def test_dagster_is_told_what_consumers_read_after_a_branch_publish_and_a_rollback(tmp_path, monkeypatch, capsys):
+    """The latest materialization of a partition in Dagster names the version consumers read: the content hash
+    the run that wrote it reported, after a branch publish and after a rollback (both made outside any run)."""
+    from backfill_assets import cli, instance
+
+    (tmp_path / "definitions.py").write_text(PROJECT)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "w.duckdb"))
+    instance.init(tmp_path / "home")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    day, key = ["--from", "2025-01-05", "--to", "2025-01-05"], dg.AssetKey("payments")
+
+    def latest(run_id=None):
+        with dg.DagsterInstance.get() as inst:
+            records = inst.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=["2025-01-05"]), limit=20, ascending=False
+            ).records
+        mine = [r for r in records if run_id is None or r.run_id == run_id]
+        return mine[0].asset_materialization.metadata["content_hash"].value, mine[0].run_id
+
+    assert cli.main(["materialize", "--select", "payments", *day]) == 0
+    first_hash, _ = latest()
+    monkeypatch.setenv("GEN", "2")
+    assert cli.main(["materialize", "--select", "payments", *day, "--branch", "fix"]) == 0
+    branch_hash, _ = latest()
+    assert branch_hash != first_hash
+    assert cli.main(["branch", "publish", "fix"]) == 0
+    assert latest() == (branch_hash, "")  # a runless event: the branch's content, now published
+    assert cli.main(["rollback", "payments", "--partition", "2025-01-05"]) == 0
+    assert latest() == (first_hash, "")  # the first run's content is what consumers read again
+    capsys.readouterr()
