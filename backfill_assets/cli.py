@@ -358,6 +358,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     backfill_id = launch.launch(args.url, brief, result.plan, args.branch)
     where = f" into branch {args.branch}" if args.branch else ""
     print(f"Launched backfill {backfill_id} for brief {brief['id']}{where}: {launch.scope(result.plan)}")
+    if args.branch:
+        told = launch.announce(args.url, result.plan, launch.maintenance_notice(brief, result.plan, args.branch))
+        print(f"Maintenance notice on {plural(told, 'asset')} of the blast radius (their tables and consumers)")
     print(f"Follow it in the UI: {args.url.rstrip('/')}/runs/b/{backfill_id}")
     if not args.wait:
         return EXIT_OK

@@ -49,6 +49,16 @@ query($id: String!) {
 }"""
 
 
+_OBSERVE = """
+mutation($params: ReportRunlessAssetEventsParams!) {
+  reportRunlessAssetEvents(eventParams: $params) {
+    __typename
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+
 class DagsterError(RuntimeError):
     """Dagster could not be reached or refused the request; the message says which and why."""
 
@@ -135,6 +145,27 @@ def launch(url: str, brief: dict[str, Any], plan: planning.Plan, branch: str | N
     if result["__typename"] != "LaunchBackfillSuccess":
         raise DagsterError(f"Dagster did not launch the backfill: {result.get('message', result['__typename'])}")
     return result["backfillId"]
+
+
+def maintenance_notice(brief: dict[str, Any], plan: planning.Plan, branch: str) -> str:
+    """What the tables and consumers of a branch's blast radius say while it is open."""
+    changes = "; ".join(f"{i.asset} {', '.join(i.partitions)}" for i in plan.tables)
+    return (
+        f"Maintenance: backfill brief {brief['id']} ({brief['title']}) is staging in branch {branch} and will "
+        f"change {changes}. Consumers read the current data until the branch publishes, all tables at once, "
+        f"after review by {brief['reviewer']}."
+    )
+
+
+def announce(url: str, plan: planning.Plan, text: str) -> int:
+    """Report `text` to Dagster as an observation of every table and consumer of the plan (what their pages show
+    while a branch is open); returns how many assets were told."""
+    for impact in plan.impacts:
+        params = {"eventType": "ASSET_OBSERVATION", "assetKey": {"path": impact.asset.split("/")}, "description": text}
+        result = graphql(url, _OBSERVE, {"params": params})["reportRunlessAssetEvents"]
+        if result["__typename"] != "ReportRunlessAssetEventsSuccess":
+            raise DagsterError(f"Dagster did not record the notice on {impact.asset}: {result.get('message')}")
+    return len(plan.impacts)
 
 
 def status(url: str, backfill_id: str) -> dict[str, Any]:

@@ -156,6 +156,15 @@ def run_cli(env: Mapping[str, str], *args: str, timeout_s: float = 300) -> str:
     return done.stdout
 
 
+def run_cli_fails(env: Mapping[str, str], *args: str, timeout_s: float = 300) -> str:
+    """`backfill-assets *args` from the project root; asserts it fails (exit 1) and returns what it printed."""
+    done = subprocess.run(
+        [str(BIN / "backfill-assets"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
 def wait_for_backfill(url: str, backfill_id: str, timeout_s: float = 420, poll_s: float = 2) -> dict:
     """The backfill once it is no longer requested or canceling (completed, failed or canceled)."""
     deadline = time.monotonic() + timeout_s

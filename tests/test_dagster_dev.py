@@ -141,3 +141,50 @@ def test_launch_runs_the_refunds_fix_brief_end_to_end(dagster_dev):
     assert backfill["title"] == "[refunds-fix-2025q1] Net revenue with refunds joined, Q1 2025"
     assert {"key": "backfill_assets/brief", "value": "refunds-fix-2025q1"} in backfill["tags"]
     assert "| revenue_daily | selected | 2025-01-01..2025-03-31 (90) |" in backfill["description"]
+
+
+OBSERVATIONS = """
+query($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset { assetObservations(limit: 5) { description } }
+  }
+}"""
+
+
+def test_the_refunds_fix_brief_in_a_branch_changes_nothing_until_its_reviewer_approves_and_it_publishes(dagster_dev):
+    """After the refunds-fix test above published the fix, the same brief runs again into a branch: consumers keep
+    reading exactly the versions published before (their ids), the consumers show the maintenance notice, a publish
+    without the reviewer's approval is refused, and after it revenue_daily and monthly_revenue move together."""
+    url, env = dagster_dev.url, dagster_dev.env
+    with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
+        before = {a: bfa.published_partitions(con, a) for a in ("revenue_daily", "monthly_revenue")}
+    assert len(before["revenue_daily"]) == 90 and len(before["monthly_revenue"]) == 3
+    brief = "backfills/refunds-fix-2025q1.yaml"
+    out = helpers.run_cli(env, "launch", brief, "--url", url, "--branch", "refunds-q1", "--wait", "--poll-seconds",
+                          "1", timeout_s=600)  # fmt: skip
+    assert "into branch refunds-q1" in out and "Maintenance notice on 3 assets" in out, out
+    with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
+        assert {a: bfa.published_partitions(con, a) for a in before} == before  # not a pointer moved
+    notices = helpers.graphql(url, OBSERVATIONS, {"path": ["consumers", "finance_revenue_dashboard"]})
+    assert "branch refunds-q1" in notices["assetOrError"]["assetObservations"][0]["description"]
+
+    refused = helpers.run_cli_fails(env, "branch", "publish", "refunds-q1")
+    assert "must be approved by its reviewer head-of-data@example.com" in refused
+    assert "may approve it, not ana" in helpers.run_cli_fails(
+        env, "branch", "approve", "refunds-q1", "--by", "ana", "--reason", "fine"
+    )
+    helpers.run_cli(env, "branch", "approve", "refunds-q1", "--by", "head-of-data@example.com", "--reason", "ok")
+    out = helpers.run_cli(env, "branch", "publish", "refunds-q1", "--by", "team:finance-analytics")
+    assert "revenue_daily: 90 partitions" in out and "monthly_revenue: 3 partitions" in out, out
+    with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
+        after = {a: bfa.published_partitions(con, a) for a in before}
+        entries = con.execute(
+            "SELECT DISTINCT l.asset, h.changed_at FROM bfa.ledger l JOIN bfa.pointer_history h USING (entry_id) "
+            "WHERE l.action = 'publish' AND l.params ->> 'branch' = 'refunds-q1'"
+        ).fetchall()
+    for asset in before:
+        assert {k: v for k, (v, _, _) in after[asset].items()}.keys() == before[asset].keys()
+        assert all(after[asset][k][0] != before[asset][k][0] for k in before[asset])  # every pointer moved ...
+        assert {k: h for k, (_, _, h) in after[asset].items()} == {k: h for k, (_, _, h) in before[asset].items()}
+    assert sorted(a for a, _ in entries) == ["monthly_revenue", "revenue_daily"]
+    assert len({at for _, at in entries}) == 1  # ... in one pointer change (one timestamp for both tables)
