@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS bfa.branches (
     brief VARCHAR,                  -- the brief it runs, if any
     risk VARCHAR,
     reviewer VARCHAR,               -- who must approve it before it publishes (a brief's reviewer), if anyone
-    state VARCHAR NOT NULL CHECK (state IN ('open', 'published', 'discarded')),
+    state VARCHAR NOT NULL CHECK (state IN ('open', 'published', 'discarded', 'undone')),
     created_at TIMESTAMP NOT NULL,
     created_by VARCHAR,
     approved_by VARCHAR,
@@ -887,6 +887,21 @@ def branch_heads(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, dict[
     for asset, key, version, status, base in rows:
         heads.setdefault(asset, {})[key] = (version, status, base)
     return heads
+
+
+def branch_published(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, dict[str, tuple[int, bool]]]:
+    """asset -> partition -> (version, still published) of every version the branch published."""
+    rows = con.execute(
+        "SELECT v.asset, v.partition_key, v.version, p.version IS NOT NULL FROM bfa.versions v "
+        "LEFT JOIN bfa.published p ON p.version = v.version "
+        "WHERE v.branch = ? AND v.version IN (SELECT to_version FROM bfa.pointer_history h JOIN bfa.ledger l "
+        "USING (entry_id) WHERE l.action = 'publish' AND l.params ->> 'branch' = ?)",
+        [branch, branch],
+    ).fetchall()
+    out: dict[str, dict[str, tuple[int, bool]]] = {}
+    for asset, key, version, current in rows:
+        out.setdefault(asset, {})[key] = (version, bool(current))
+    return out
 
 
 def branch_versions(con: duckdb.DuckDBPyConnection, branch: str, asset: str | None = None) -> list[int]:

@@ -715,6 +715,12 @@ def cmd_branch(args: argparse.Namespace) -> int:
             print(f"branch {args.branch}: published in one transaction")
             for asset, versions in published.items():
                 print(f"  {asset}: {plural(len(versions), 'partition')} {_span_of(sorted(versions))}")
+        elif args.action == "undo":
+            undone = history.undo_branch(con, args.branch, args.by, args.reason)
+            _tell_dagster(con, undone, f"branch {args.branch} undone", args.reason)
+            print(f"branch {args.branch}: undone in one transaction; consumers read what they read before it")
+            for asset, versions in undone.items():
+                print(f"  {asset}: {plural(len(versions), 'partition')} {_span_of(sorted(versions))}")
         else:
             freed = warehouse.discard_branch(con, args.branch, args.by, args.reason)
             print(f"branch {args.branch}: discarded ({freed} rows freed); consumers never read it")
@@ -895,12 +901,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bra = sub.add_parser(
         "branch",
-        help="a backfill staged in a branch: list, show, approve, publish (every table at once) or discard it",
+        help="a backfill staged in a branch: list, show, approve, publish (every table at once), discard or undo it",
         description="Runs tagged backfill_assets/branch=ID (materialize --branch ID) stage into the branch, and "
         "read the tables through it; consumers' views change only when the branch publishes, every asset and "
         "partition in one transaction.",
     )
-    bra.add_argument("action", choices=("list", "show", "approve", "publish", "discard"))
+    bra.add_argument("action", choices=("list", "show", "approve", "publish", "discard", "undo"))
     bra.add_argument("branch", nargs="?", help="the branch id (all but list)")
     _add_target(bra)
     bra.add_argument("--by", help="who approves, publishes or discards (recorded; approve: the reviewer)")

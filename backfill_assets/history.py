@@ -143,6 +143,29 @@ def rollback(
     )  # fmt: skip
 
 
+def undo_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | None, reason: str | None) -> dict:
+    """Step every partition a published branch changed back to its state before, in one transaction (a plain
+    rollback of all of them at once). Refused while any of them has been changed again since."""
+    info = catalog.branch_info(con, branch)
+    if info is None or info["state"] != "published":
+        raise HistoryError(f"branch {branch} is {info['state'] if info else 'unknown'}, not published: nothing to undo")
+    changed = catalog.branch_published(con, branch)
+    moved = [f"{a} {k}" for a, parts in sorted(changed.items()) for k, (_, now) in sorted(parts.items()) if not now]
+    if moved:
+        raise HistoryError(
+            f"branch {branch} cannot be undone as one: {', '.join(moved[:5])} changed again since it published; "
+            "roll those back first"
+        )
+    targets = {asset: rollback_targets(con, asset, sorted(parts)) for asset, parts in changed.items()}
+    with catalog.transaction(con):
+        wh.repoint_in(
+            con, targets, "rollback", "rolled_back", set(targets),
+            reason=reason or f"undo branch {branch}", actor=actor, params={"branch": branch},
+        )  # fmt: skip
+        catalog.close_branch(con, branch, "undone", actor)
+    return targets
+
+
 def held_versions(
     con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None = None, status: str = "held"
 ) -> dict[str, int]:

@@ -399,10 +399,10 @@ def repoint(
     approval; the versions they replace get the status `displaced`. One ledger entry per asset. `step_back`:
     the assets whose targets are each partition's state before its last change (a plain rollback)."""
     with transaction(con):
-        _repoint(con, targets, action, displaced, step_back, **ledger)
+        repoint_in(con, targets, action, displaced, step_back, **ledger)
 
 
-def _repoint(
+def repoint_in(
     con: duckdb.DuckDBPyConnection,
     targets: dict[str, dict[str, int]],
     action: str,
@@ -410,7 +410,7 @@ def _repoint(
     step_back: Collection[str] = (),
     **ledger: Any,
 ) -> None:
-    """The body of :func:`repoint`, inside the caller's transaction."""
+    """:func:`repoint` inside the caller's transaction, for a change that must commit with other writes."""
     at = catalog.now()
     for asset, versions in targets.items():
         entry = catalog.ledger(
@@ -472,7 +472,7 @@ def publish_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | Non
                 f"(materialize --branch {branch}), then publish again"
             )
         why = reason or f"branch {branch}" + (f" (brief {info['brief']})" if info["brief"] else "")
-        _repoint(con, targets, "publish", "superseded", actor=actor, reason=why, params={"branch": branch})
+        repoint_in(con, targets, "publish", "superseded", actor=actor, reason=why, params={"branch": branch})
         catalog.close_branch(con, branch, "published", actor)
     return targets
 

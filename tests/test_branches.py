@@ -264,3 +264,30 @@ def test_dagster_is_told_what_consumers_read_after_a_branch_publish_and_a_rollba
     assert cli.main(["rollback", "payments", "--partition", "2025-01-05"]) == 0
     assert latest() == (first_hash, "")  # the first run's content is what consumers read again
     capsys.readouterr()
+
+
+def test_a_published_branch_is_undone_as_one(con):
+    from backfill_assets import history
+
+    before = consumers_read(con)
+    run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="fix")
+    run(con, monthly, MONTHLY_SQL, ["2025-01-01"], gen=2, inputs=month_inputs(), branch="fix")
+    warehouse.publish_branch(con, "fix", "ana", None)
+    assert consumers_read(con) == (expected_january_total(2),) * 2
+    undone = history.undo_branch(con, "fix", "ana", "numbers questioned")
+    assert {a: len(k) for a, k in undone.items()} == {"payments": 31, "monthly": 1}
+    assert consumers_read(con) == before
+    with pytest.raises(history.HistoryError, match="branch fix is undone, not published"):
+        history.undo_branch(con, "fix", "ana", None)
+
+
+def test_a_branch_changed_again_after_it_published_is_not_undone_half(con):
+    from backfill_assets import history
+
+    run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="fix")
+    warehouse.publish_branch(con, "fix", "ana", None)
+    assert run(con, payments, DAILY_SQL, ["2025-01-09"], gen=7).published
+    now = consumers_read(con)
+    with pytest.raises(history.HistoryError, match="payments 2025-01-09 changed again since it published"):
+        history.undo_branch(con, "fix", "ana", None)
+    assert consumers_read(con) == now
