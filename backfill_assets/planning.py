@@ -150,6 +150,8 @@ class Plan:
 
     scope: dict[str, Any]
     impacts: list[Impact]
+    # open branches staging partitions of these tables: branch, reviewer, approved_by, asset -> partitions
+    branches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def tables(self) -> list[Impact]:
@@ -186,6 +188,7 @@ class Plan:
                 ],
                 "totals": self.totals(),
                 "notify": self.notify(),
+                "open_branches": self.branches,
             },
             indent=2,
             sort_keys=True,
@@ -535,11 +538,15 @@ def selection_seeds(graph, keys: Iterable[dg.AssetKey], start: dt.date, end: dt.
 
 
 def add_warehouse_facts(plan: Plan, con: duckdb.DuckDBPyConnection | None) -> Plan:
-    """Fill in rows published now, the code versions they were published under, and a runtime
-    estimate from the ledger's past runs (None where there is no history)."""
+    """Fill in rows published now, the code versions they were published under, a runtime estimate from the
+    ledger's past runs (None where there is no history), and the open branches staging any of the tables."""
     if con is None:
         return plan
     names = [i.asset for i in plan.tables]
+    for b in catalog.branches(con):
+        staged = {a: sorted(p) for a, p in catalog.branch_heads(con, b["branch"]).items() if a in names}
+        if b["state"] == "open" and staged:
+            plan.branches.append({**{k: b[k] for k in ("branch", "reviewer", "approved_by")}, "partitions": staged})
     published: dict[str, dict[str, tuple[int, str]]] = {}
     for asset, key, rows, code in catalog.published_facts(con, names):
         published.setdefault(asset, {})[key] = (rows or 0, code)
@@ -633,6 +640,10 @@ def render(plan: Plan) -> str:
         f"(run start-up{plain} not included)",
         f"Notify: {', '.join(plan.notify()) or 'nobody'}",
     ]
+    for b in plan.branches:
+        review = f"approved by {b['approved_by']}" if b["approved_by"] else f"review: {b['reviewer'] or 'none'}"
+        staged = "; ".join(f"{a} {ks[0]}..{ks[-1]} ({len(ks)})" for a, ks in sorted(b["partitions"].items()))
+        lines.append(f"Open branch {b['branch']} ({review}) will change: {staged}")
     return "\n".join(lines)
 
 

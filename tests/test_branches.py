@@ -291,3 +291,26 @@ def test_a_branch_changed_again_after_it_published_is_not_undone_half(con):
     with pytest.raises(history.HistoryError, match="payments 2025-01-09 changed again since it published"):
         history.undo_branch(con, "fix", "ana", None)
     assert consumers_read(con) == now
+
+
+def test_plan_says_which_open_branch_will_change_its_tables(tmp_path, monkeypatch, capsys):
+    import json
+
+    from backfill_assets import cli
+
+    (tmp_path / "definitions.py").write_text(PROJECT)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "w.duckdb"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    january = ["--from", "2025-01-01", "--to", "2025-01-31"]
+    assert cli.main(["materialize", *january]) == 0
+    assert cli.main(["materialize", "--select", "payments", "--from", "2025-01-03", "--to", "2025-01-04",
+                     "--branch", "fix"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["plan", *january]) == 0
+    out = capsys.readouterr().out
+    assert "Open branch fix (review: none) will change: payments 2025-01-03..2025-01-04 (2)" in out, out
+    assert cli.main(["plan", *january, "--json"]) == 0
+    (branch,) = json.loads(capsys.readouterr().out)["open_branches"]
+    assert branch["partitions"] == {"payments": ["2025-01-03", "2025-01-04"]}
