@@ -871,6 +871,9 @@ def branch_info(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, Any] |
 
 
 def branches(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Every branch, oldest first (none in a warehouse whose catalog predates branches and was only read since)."""
+    if not has(con, "branches"):
+        return []
     rows = con.execute(f"SELECT {', '.join(BRANCH_FIELDS)} FROM bfa.branches ORDER BY created_at").fetchall()
     return [dict(zip(BRANCH_FIELDS, r, strict=True)) for r in rows]
 
