@@ -714,13 +714,13 @@ def cmd_branch(args: argparse.Namespace) -> int:
             _tell_dagster(con, published, f"branch {args.branch} published", args.reason)
             print(f"branch {args.branch}: published in one transaction")
             for asset, versions in published.items():
-                print(f"  {asset}: {plural(len(versions), 'partition')} {_span_of(sorted(versions))}")
+                print(f"  {asset}: {_span_of(sorted(versions))}")
         elif args.action == "undo":
             undone = history.undo_branch(con, args.branch, args.by, args.reason)
             _tell_dagster(con, undone, f"branch {args.branch} undone", args.reason)
             print(f"branch {args.branch}: undone in one transaction; consumers read what they read before it")
             for asset, versions in undone.items():
-                print(f"  {asset}: {plural(len(versions), 'partition')} {_span_of(sorted(versions))}")
+                print(f"  {asset}: {_span_of(sorted(versions))}")
         else:
             freed = warehouse.discard_branch(con, args.branch, args.by, args.reason)
             print(f"branch {args.branch}: discarded ({freed} rows freed); consumers never read it")

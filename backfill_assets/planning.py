@@ -642,7 +642,8 @@ def render(plan: Plan) -> str:
     ]
     for b in plan.branches:
         review = f"approved by {b['approved_by']}" if b["approved_by"] else f"review: {b['reviewer'] or 'none'}"
-        staged = "; ".join(f"{a} {ks[0]}..{ks[-1]} ({len(ks)})" for a, ks in sorted(b["partitions"].items()))
+        parts = sorted(b["partitions"].items())
+        staged = "; ".join(f"{a} {ks[0]}" if len(ks) == 1 else f"{a} {ks[0]}..{ks[-1]} ({len(ks)})" for a, ks in parts)
         lines.append(f"Open branch {b['branch']} ({review}) will change: {staged}")
     return "\n".join(lines)
 

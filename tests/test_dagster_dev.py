@@ -175,7 +175,8 @@ def test_the_refunds_fix_brief_in_a_branch_changes_nothing_until_its_reviewer_ap
     )
     helpers.run_cli(env, "branch", "approve", "refunds-q1", "--by", "head-of-data@example.com", "--reason", "ok")
     out = helpers.run_cli(env, "branch", "publish", "refunds-q1", "--by", "team:finance-analytics")
-    assert "revenue_daily: 90 partitions" in out and "monthly_revenue: 3 partitions" in out, out
+    assert "revenue_daily: 2025-01-01..2025-03-31 (90 partitions)" in out, out
+    assert "monthly_revenue: 2025-01-01..2025-03-01 (3 partitions)" in out, out
     with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
         after = {a: bfa.published_partitions(con, a) for a in before}
         entries = con.execute(
