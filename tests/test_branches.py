@@ -314,3 +314,53 @@ def test_plan_says_which_open_branch_will_change_its_tables(tmp_path, monkeypatc
     assert cli.main(["plan", *january, "--json"]) == 0
     (branch,) = json.loads(capsys.readouterr().out)["open_branches"]
     assert branch["partitions"] == {"payments": ["2025-01-03", "2025-01-04"]}
+
+
+def test_a_sigkill_during_a_branch_publish_leaves_all_or_nothing(tmp_path):
+    """Kill `branch publish` at times spread over how long an unkilled one takes: after each kill, both tables
+    are entirely the published state before or entirely the branch's."""
+    import os
+    import random
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from backfill_assets import catalog
+
+    (tmp_path / "definitions.py").write_text(PROJECT)
+    base = tmp_path / "base.duckdb"
+    with duckdb.connect(str(base)) as c:
+        catalog.ensure(c)
+        run(c, payments, DAILY_SQL, JANUARY, gen=1)
+        run(c, monthly, MONTHLY_SQL, ["2025-01-01"], gen=1, inputs=month_inputs())
+        old = consumers_read(c)
+        run(c, payments, DAILY_SQL, JANUARY, gen=2, branch="fix")
+        run(c, monthly, MONTHLY_SQL, ["2025-01-01"], gen=2, inputs=month_inputs(), branch="fix")
+    new = (expected_january_total(2),) * 2
+    cli = str(Path(sys.executable).parent / "backfill-assets")
+
+    def publish(db, kill_after=None) -> float:
+        env = {**os.environ, "BACKFILL_ASSETS_DB": str(db), "PYTHONPATH": str(Path(__file__).parent)}
+        env.pop("DAGSTER_HOME", None)
+        started = time.monotonic()
+        proc = subprocess.Popen([cli, "branch", "publish", "fix"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        if kill_after is not None:
+            time.sleep(kill_after)
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)
+        return time.monotonic() - started
+
+    whole = publish(shutil.copy(base, tmp_path / "whole.duckdb"))
+    rng = random.Random(20)
+    for i in range(6):
+        db = shutil.copy(base, tmp_path / f"killed{i}.duckdb")
+        publish(db, kill_after=rng.uniform(0.5 * whole, whole))
+        with duckdb.connect(str(db)) as c:  # a write connection: DuckDB replays its WAL, as the next run would
+            seen = consumers_read(c)
+            state = catalog.branch_info(c, "fix")["state"]
+        assert (seen, state) in ((old, "open"), (new, "published")), (i, seen, state)
+    assert consumers_read(duckdb.connect(str(tmp_path / "whole.duckdb"))) == new
