@@ -2,7 +2,7 @@
 
 from .audit import CheckOutcome
 from .component import DerivedTable
-from .factory import POOL, consumer_specs, derived_asset
+from .factory import POOL, branch_job, consumer_specs, derived_asset
 from .publish import RunReport, TransformContext, audit_published, write_audit_publish
 from .spec import EMAIL, Column, Consumer, Invariant, Pattern, Reconcile, SpecError, TableSpec, quote_ident
 from .warehouse import Warehouse, WarehouseError, WarehouseLockTimeout, published_partitions
@@ -25,6 +25,7 @@ __all__ = [
     "WarehouseError",
     "WarehouseLockTimeout",
     "audit_published",
+    "branch_job",
     "consumer_specs",
     "derived_asset",
     "published_partitions",

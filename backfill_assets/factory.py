@@ -1,12 +1,12 @@
 """Turn a :class:`TableSpec` and a transform into a partitioned, write-audit-publish Dagster asset."""
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from . import audit, catalog, changes, planning, sqltext
+from . import audit, catalog, changes, history, planning, sqltext, warehouse
 from .publish import RunReport, Transform, audit_published, write_audit_publish
 from .spec import Consumer, SpecError, TableSpec
 
@@ -293,4 +293,48 @@ def report_pointer_changes(
             )  # fmt: skip
             sent += 1
     return sent
+
+
+class BranchDecision(dg.Config):
+    """What the job ``branch_decision`` does to a branch (the launchpad's config in the Dagster UI)."""
+
+    branch: str
+    action: Literal["approve", "publish", "discard", "undo"]
+    by: str
+    reason: str = ""
+
+
+def branch_job(name: str = "branch_decision") -> dg.JobDefinition:
+    """A job that approves, publishes, discards or undoes a branch from the Dagster UI (*Jobs → branch_decision
+    → Launchpad*): the same decisions, refusals and ledger entries as ``backfill-assets branch``, then Dagster is
+    told what consumers read (see :func:`report_pointer_changes`)."""
+
+    @dg.op(name=f"{name}_op", required_resource_keys={WAREHOUSE_KEY}, pool=POOL)
+    def decide(context: dg.OpExecutionContext, config: BranchDecision) -> None:
+        reason = config.reason or None
+        with getattr(context.resources, WAREHOUSE_KEY).get_connection() as con:
+            try:
+                if config.action == "approve":
+                    if not reason:
+                        raise warehouse.BranchError("approve needs a reason")
+                    warehouse.approve_branch(con, config.branch, config.by, reason)
+                    changed = {}
+                elif config.action == "publish":
+                    changed = warehouse.publish_branch(con, config.branch, config.by, reason)
+                elif config.action == "undo":
+                    changed = history.undo_branch(con, config.branch, config.by, reason)
+                else:
+                    warehouse.discard_branch(con, config.branch, config.by, reason)
+                    changed = {}
+            except (warehouse.WarehouseError, history.HistoryError) as e:
+                raise dg.Failure(description=str(e), allow_retries=False) from None
+            what = f"branch {config.branch} {config.action}"
+            sent = report_pointer_changes(context.instance, con, changed, what, reason)
+        context.log.info(f"branch {config.branch}: {config.action} by {config.by} ({sent} partitions reported)")
+
+    @dg.job(name=name, description="Approve, publish, discard or undo a backfill's branch (config: branch, action, by)")
+    def job():
+        decide()
+
+    return job
 

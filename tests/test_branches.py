@@ -364,3 +364,40 @@ def test_a_sigkill_during_a_branch_publish_leaves_all_or_nothing(tmp_path):
             state = catalog.branch_info(c, "fix")["state"]
         assert (seen, state) in ((old, "open"), (new, "published")), (i, seen, state)
     assert consumers_read(duckdb.connect(str(tmp_path / "whole.duckdb"))) == new
+
+
+def test_the_branch_decision_job_publishes_from_dagster_and_refuses_like_the_cli(tmp_path):
+    """What the UI's launchpad runs: the same refusals (a metric-changing branch needs its reviewer), then one
+    publish; Dagster's instance then has the branch's content as each partition's latest materialization."""
+    from backfill_assets import Warehouse, branch_job, catalog
+
+    db = tmp_path / "w.duckdb"
+    with duckdb.connect(str(db)) as c:
+        catalog.ensure(c)
+        run(c, payments, DAILY_SQL, JANUARY, gen=1)
+        catalog.open_branch(c, "repair", risk="metric-changing repair", reviewer="li")
+        run(c, payments, DAILY_SQL, JANUARY, gen=2, branch="repair")
+        staged = {k: v for k, (v, _, _) in catalog.branch_heads(c, "repair")["payments"].items()}
+    job, resources = branch_job(), {"warehouse": Warehouse(database=str(db))}
+    instance = dg.DagsterInstance.ephemeral()
+
+    def decide(action, by, reason=""):
+        config = {"ops": {"branch_decision_op": {"config": {"branch": "repair", "action": action, "by": by,
+                                                            "reason": reason}}}}  # fmt: skip
+        return job.execute_in_process(run_config=config, resources=resources, instance=instance, raise_on_error=False)
+
+    refused = decide("publish", "ana")
+    assert not refused.success
+    failure = refused.failure_data_for_node("branch_decision_op").user_failure_data
+    assert "must be approved by its reviewer li" in failure.description
+    assert not decide("approve", "ana", "fine").success  # only the reviewer
+    assert decide("approve", "li", "deltas checked").success
+    assert decide("publish", "ana").success
+    with duckdb.connect(str(db), read_only=True) as c:
+        assert c.execute("SELECT sum(amount) FROM payments").fetchone()[0] == expected_january_total(2)
+        hashes = {k: h for k, (v, _, h) in catalog.published_partitions(c, "payments").items()}
+        assert {k: v for k, (v, _, _) in catalog.published_partitions(c, "payments").items()} == staged
+    latest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("payments"), asset_partitions=["2025-01-07"]), limit=1
+    ).records[0]
+    assert latest.asset_materialization.metadata["content_hash"].value == hashes["2025-01-07"]
