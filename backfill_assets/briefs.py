@@ -187,7 +187,7 @@ def _scope_plan(scope: Any, graph, add) -> planning.Plan | None:
         add(Check("scope", False, "scope must have select, from and to"))
         return None
     try:
-        start, end = _day(scope.get("from"), "from"), _day(scope.get("to"), "to")
+        start, end = day(scope.get("from"), "from"), day(scope.get("to"), "to")
         keys = planning.resolve_selection(graph, scope.get("select"))
         planning.check_range(graph, keys, start, end)
     except ValueError as e:  # PlanError too
@@ -204,7 +204,7 @@ def _scope_plan(scope: Any, graph, add) -> planning.Plan | None:
     return planning.blast_radius(graph, seeds)
 
 
-def _day(value: Any, name: str) -> dt.date:
+def day(value: Any, name: str) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):

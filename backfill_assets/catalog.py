@@ -940,3 +940,21 @@ def close_branch(con: duckdb.DuckDBPyConnection, branch: str, state: str, by: st
         "UPDATE bfa.branches SET state = ?, decided_by = ?, decided_at = ? WHERE branch = ?",
         [state, by or getpass.getuser(), now(), branch],
     )
+
+
+def branch_entries(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, list[dict[str, Any]]]:
+    """asset -> the ledger entries (checks, transform + audit seconds, metrics before/after per partition) of the
+    runs that wrote the branch's current versions."""
+    heads = [v for parts in branch_heads(con, branch).values() for v, _, _ in parts.values()]
+    rows = con.execute(
+        f"SELECT asset, checks, metrics, CAST(params->'$.{TIMINGS}.transform' AS DOUBLE) + "
+        f"CAST(params->'$.{TIMINGS}.audit' AS DOUBLE) FROM bfa.ledger "
+        "WHERE action IN ('branch', 'hold') AND list_has_any(versions, ?::BIGINT[]) ORDER BY entry_id",
+        [heads],
+    ).fetchall()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for asset, checks, metrics, seconds in rows:
+        out.setdefault(asset, []).append(
+            {"checks": checks_of(checks), "metrics": json.loads(metrics or "{}"), "seconds": seconds or 0.0}
+        )
+    return out

@@ -16,6 +16,7 @@ import sys
 import time
 import tomllib
 import traceback
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ import dagster as dg
 from dagster._core.code_pointer import load_python_file, load_python_module  # Dagster's own -f and -m import
 from dagster.components.definitions import LazyDefinitions
 
-from . import briefs, catalog, changes, diff, history, launch, planning, warehouse
+from . import briefs, catalog, changes, diff, history, launch, planning, trial, warehouse
 from .audit import plural
-from .factory import BRANCH_TAG, PROVISIONAL_METADATA, WAREHOUSE_KEY, report_pointer_changes
+from .factory import BRANCH_TAG, BRIEF_TAG, OWNER_TAG, PROVISIONAL_METADATA, WAREHOUSE_KEY, report_pointer_changes
 from .instance import init as init_instance
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
@@ -366,6 +367,73 @@ def cmd_launch(args: argparse.Namespace) -> int:
         return EXIT_OK
     state = _wait(args.url, backfill_id, args.poll_seconds)
     return _print_status(defs, state, args.url)
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    """Run a brief's backfill over a slice in a throwaway branch, report, extrapolate, discard (unless --keep)."""
+    start, end = _slice(args.slice)
+    defs, result = _preflight(args)
+    if not result.passed:
+        print(result.render())
+        print("\nNothing tried: fix the brief and run preflight again.")
+        return EXIT_HELD
+    brief, scope = result.brief, result.brief["scope"]
+    first, last = (briefs.day(scope[k], k) for k in ("from", "to"))
+    if start < first or end > last:
+        raise UsageError(f"--slice {args.slice} is outside the brief's scope {first}..{last}")
+    branch = f"try-{brief['id']}-{uuid.uuid4().hex[:6]}"
+    owner = str(brief["owner"])
+    with _write_warehouse(defs) as con:
+        catalog.open_branch(
+            con, branch, title=f"try: {brief['title']}", brief=str(brief["id"]), risk=brief["risk"],
+            reviewer=str(brief["reviewer"]), actor=owner,
+        )  # fmt: skip
+    print(f"Trying brief {brief['id']} over {start}..{end} in branch {branch} (consumers' data does not change)")
+    run = argparse.Namespace(
+        file=args.file, module=args.module, select=scope["select"], start=start, end=end, only_missing=False,
+        json=False, verbose=False, tag=[(BRIEF_TAG, str(brief["id"])), (OWNER_TAG, owner)], branch=branch,
+    )  # fmt: skip
+    started = time.perf_counter()
+    code = cmd_materialize(run)
+    wall = time.perf_counter() - started
+    slice_runs = materialize_runs(defs, scope["select"], start, end)[0]
+    full_runs = materialize_runs(defs, scope["select"], first, last)[0]
+    graph = defs.resolve_asset_graph()
+    grains = {
+        k.to_user_string(): [c.strip() for c in str(_metadata(graph.get(k), "grain")).split(",")]
+        for k in graph.get_all_asset_keys()
+        if _is_table(graph.get(k))
+    }
+    con = _read_warehouse(defs, required=True)
+    try:
+        lineage = [k.to_user_string() for r in full_runs for k in r.assets]
+        tried = trial.collect(con, branch, result.plan, grains, wall, len(slice_runs), len(full_runs), lineage)
+    finally:
+        con.close()
+    if not args.keep:
+        with _write_warehouse(defs) as con:
+            warehouse.discard_branch(con, branch, owner, "slice try")
+    print()
+    print(json.dumps(trial.as_json(tried), indent=2) if args.json else tried.render())
+    print(
+        f"\nBranch {branch} kept: compare with diff, then branch publish or branch discard"
+        if args.keep
+        else f"\nBranch {branch} discarded: no pointer moved, consumers read what they read before"
+    )
+    return EXIT_OK if tried.passed and code == EXIT_OK else EXIT_HELD
+
+
+def _slice(text: str) -> tuple[dt.date, dt.date]:
+    first, sep, last = text.partition("..")
+    if not sep:
+        raise UsageError(f"--slice {text!r}: give FROM..TO, e.g. 2025-01-01..2025-01-07")
+    try:
+        start, end = _date(first), _date(last)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"--slice: {e}") from None
+    if end < start:
+        raise UsageError(f"--slice {text}: {start} is after {end}")
+    return start, end
 
 
 def _wait(url: str, backfill_id: str, poll_seconds: float) -> dict[str, Any]:
@@ -828,6 +896,17 @@ def build_parser() -> argparse.ArgumentParser:
     lau.add_argument("--branch", help="stage the backfill in this branch, published later with branch publish")
     lau.add_argument("--poll-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     lau.set_defaults(func=cmd_launch)
+
+    tri = sub.add_parser(
+        "try",
+        help="run a brief's backfill over a slice in a throwaway branch: checks, diff, deltas, extrapolated runtime",
+    )
+    tri.add_argument("brief", help="path of the brief")
+    tri.add_argument("--slice", required=True, help="FROM..TO, days in the brief's scope, e.g. 2025-01-01..2025-01-07")
+    _add_target(tri)
+    tri.add_argument("--keep", action="store_true", help="keep the branch (to diff, publish or discard it later)")
+    tri.add_argument("--json", action="store_true", help="print the report as JSON")
+    tri.set_defaults(func=cmd_try)
 
     sta = sub.add_parser("status", help="a launched backfill's state and per-asset summary")
     sta.add_argument("backfill_id")

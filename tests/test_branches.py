@@ -401,3 +401,55 @@ def test_the_branch_decision_job_publishes_from_dagster_and_refuses_like_the_cli
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("payments"), asset_partitions=["2025-01-07"]), limit=1
     ).records[0]
     assert latest.asset_materialization.metadata["content_hash"].value == hashes["2025-01-07"]
+
+
+BRIEF = """
+id: fix
+title: Amounts re-sent by the provider
+reason: The provider re-sent January's amounts.
+owner: ana
+reviewer: li
+risk: metric-changing repair
+write_strategy: partition_overwrite
+scope: {select: "key:payments+", from: 2025-01-01, to: 2025-01-31}
+batch_size: 31
+expected_changes: [{asset: payments, metric: amount, max_relative_change: 1.5}]
+stakeholders: [nobody]
+rollback: backfill-assets branch undo fix
+"""
+
+
+def test_a_try_on_a_slice_reports_and_extrapolates_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    import json
+
+    from backfill_assets import catalog, cli
+
+    (tmp_path / "definitions.py").write_text(PROJECT)
+    (tmp_path / "backfills").mkdir()
+    (tmp_path / "backfills" / "fix.yaml").write_text(BRIEF)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "w.duckdb"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert cli.main(["materialize", "--from", "2025-01-01", "--to", "2025-01-31"]) == 0
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        pointers = {a: catalog.published_partitions(con, a) for a in ("payments", "monthly")}
+    monkeypatch.setenv("GEN", "2")
+    capsys.readouterr()
+    assert cli.main(["try", "backfills/fix.yaml", "--slice", "2025-01-01..2025-01-07", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.split("\n\n", 1)[1].rsplit("\n\nBranch ", 1)[0])
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert {a: catalog.published_partitions(con, a) for a in pointers} == pointers  # no pointer moved
+        assert catalog.branch_info(con, report["branch"])["state"] == "discarded"
+    payments_try, monthly_try = report["assets"]
+    assert (payments_try["asset"], payments_try["partitions"], payments_try["rows"]) == ("payments", 7, 21)
+    assert (payments_try["full_partitions"], payments_try["estimated_rows"]) == (31, 93)  # 3 payments a day
+    assert payments_try["rows_changed"] == 21  # every amount moves from generation 1 to 2
+    def week(gen):  # the model: gen * day + i cents, for the first seven days
+        return sum(gen * day + i for day in range(1, 8) for i in range(3))
+
+    assert payments_try["metrics"]["amount"] == {"published": week(1), "branch": week(2)}
+    # monthly read the branch's first week and the published rest of January
+    assert monthly_try["metrics"]["total"]["branch"] == expected_january_total(1) - week(1) + week(2)
+    assert report["passed"] and report["estimated_seconds"] > 0
+    assert cli.main(["try", "backfills/fix.yaml", "--slice", "2024-12-01..2025-01-07"]) == 2
