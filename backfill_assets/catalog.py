@@ -943,18 +943,18 @@ def close_branch(con: duckdb.DuckDBPyConnection, branch: str, state: str, by: st
 
 
 def branch_entries(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, list[dict[str, Any]]]:
-    """asset -> the ledger entries (checks, transform + audit seconds, metrics before/after per partition) of the
-    runs that wrote the branch's current versions."""
+    """asset -> the ledger entries (checks, seconds of transform, audit and the profile scan within it, metrics
+    before/after per partition) of the runs that wrote the branch's current versions."""
     heads = [v for parts in branch_heads(con, branch).values() for v, _, _ in parts.values()]
     rows = con.execute(
-        f"SELECT asset, checks, metrics, CAST(params->'$.{TIMINGS}.transform' AS DOUBLE) + "
-        f"CAST(params->'$.{TIMINGS}.audit' AS DOUBLE) FROM bfa.ledger "
+        f"SELECT asset, checks, metrics, params->'$.{TIMINGS}' FROM bfa.ledger "
         "WHERE action IN ('branch', 'hold') AND list_has_any(versions, ?::BIGINT[]) ORDER BY entry_id",
         [heads],
     ).fetchall()
     out: dict[str, list[dict[str, Any]]] = {}
-    for asset, checks, metrics, seconds in rows:
+    for asset, checks, metrics, timings in rows:
+        seconds = {k: float(v or 0) for k, v in json.loads(timings or "{}").items()}  # transform, audit, profile
         out.setdefault(asset, []).append(
-            {"checks": checks_of(checks), "metrics": json.loads(metrics or "{}"), "seconds": seconds or 0.0}
+            {"checks": checks_of(checks), "metrics": json.loads(metrics or "{}"), "seconds": seconds}
         )
     return out

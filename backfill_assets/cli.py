@@ -389,15 +389,16 @@ def cmd_try(args: argparse.Namespace) -> int:
             reviewer=str(brief["reviewer"]), actor=owner,
         )  # fmt: skip
     print(f"Trying brief {brief['id']} over {start}..{end} in branch {branch} (consumers' data does not change)")
+    select = f"({scope['select']})+"  # the whole blast radius, as launch targets it
     run = argparse.Namespace(
-        file=args.file, module=args.module, select=scope["select"], start=start, end=end, only_missing=False,
+        file=args.file, module=args.module, select=select, start=start, end=end, only_missing=False,
         json=False, verbose=False, tag=[(BRIEF_TAG, str(brief["id"])), (OWNER_TAG, owner)], branch=branch,
     )  # fmt: skip
     started = time.perf_counter()
     code = cmd_materialize(run)
     wall = time.perf_counter() - started
-    slice_runs = materialize_runs(defs, scope["select"], start, end)[0]
-    full_runs = materialize_runs(defs, scope["select"], first, last)[0]
+    slice_runs = materialize_runs(defs, select, start, end)[0]
+    full_runs = materialize_runs(defs, select, first, last)[0]
     graph = defs.resolve_asset_graph()
     grains = {
         k.to_user_string(): [c.strip() for c in str(_metadata(graph.get(k), "grain")).split(",")]
