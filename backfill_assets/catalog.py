@@ -126,18 +126,22 @@ _LEDGER_FIELDS = ("code_version", "partition_keys", "versions", "row_count", "ch
 # An upstream's control totals for Reconcile rules: `metric_name` of each published partition of `asset_name`
 # in [window_start, window_end), as recorded when its version was audited (no rescan of its rows). An empty
 # partition counts as no value; a value never recorded, or a partition key that is not a date, is an error.
-_PUBLISHED_METRIC = """
+# It reads the pointer through the view `_bfa_pointer`, which a run in a branch shadows on its own connection
+# with a temp view of the branch's pointer (see warehouse.branch_overlay): its rules then read the branch.
+POINTER_VIEW = "_bfa_pointer"
+_PUBLISHED_METRIC = f"""
+CREATE OR REPLACE VIEW main.{POINTER_VIEW} AS SELECT asset, partition_key, version FROM bfa.published;
 CREATE OR REPLACE MACRO bfa.published_metric(asset_name, metric_name, window_start, window_end) AS TABLE
 SELECT p.partition_date,
        CASE WHEN p.partition_date IS NULL THEN error(format(
-                '{} partition {} is not a date: bfa.published_metric reconciles daily, weekly or monthly '
+                '{{}} partition {{}} is not a date: bfa.published_metric reconciles daily, weekly or monthly '
                 'partitions only.', asset_name, p.partition_key))
             WHEN v.row_count > 0 AND (v.metrics -> metric_name) IS NULL THEN error(format(
-                '{} partition {} has no recorded metric {}: {} declares no such metric, or the partition was '
-                'published before it did. Republish that partition of {}.',
+                '{{}} partition {{}} has no recorded metric {{}}: {{}} declares no such metric, or the partition was '
+                'published before it did. Republish that partition of {{}}.',
                 asset_name, p.partition_key, metric_name, asset_name, asset_name))
             ELSE (v.metrics ->> metric_name)::DOUBLE END AS value
-FROM (SELECT *, try_cast(partition_key AS DATE) AS partition_date FROM bfa.published) p
+FROM (SELECT *, try_cast(partition_key AS DATE) AS partition_date FROM {POINTER_VIEW}) p
 JOIN bfa.versions v USING (version)
 WHERE p.asset = asset_name
   AND (p.partition_date IS NULL OR p.partition_date >= window_start AND p.partition_date < window_end)

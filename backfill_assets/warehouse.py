@@ -522,9 +522,24 @@ def _keys(keys: Sequence[str]) -> str:
 def branch_overlay(con: duckdb.DuckDBPyConnection, branch: str, skip: str) -> list[str]:
     """Temp views, on this connection only, that show each table with versions in `branch` (but `skip`, the
     table being written) as the branch would publish it: its branch version where it has one, else what is
-    published. They shadow ``main.<table>`` for the run's transform and checks; returns their names."""
+    published, and the pointer ``bfa.published_metric`` reads. They shadow ``main.<table>`` for the run's transform
+    and checks; returns their names."""
     names = []
-    for asset, parts in catalog.branch_heads(con, branch).items():
+    heads = catalog.branch_heads(con, branch)
+    staged = [(a, k, v) for a, parts in heads.items() for k, (v, status, _) in parts.items() if status == "branched"]
+    assets, keys, versions = (list(c) for c in zip(*staged, strict=True)) if staged else ([], [], [])
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _bfa_branch_pointer AS SELECT unnest(?::VARCHAR[]) AS asset, "
+        "unnest(?::VARCHAR[]) AS partition_key, unnest(?::BIGINT[]) AS version",
+        [assets, keys, versions],
+    )
+    con.execute(  # bfa.published_metric reads the branch's pointer too
+        f"CREATE OR REPLACE TEMP VIEW {catalog.POINTER_VIEW} AS SELECT * FROM _bfa_branch_pointer UNION ALL "
+        "SELECT p.asset, p.partition_key, p.version FROM bfa.published p ANTI JOIN _bfa_branch_pointer b "
+        "USING (asset, partition_key)"
+    )
+    names.append(catalog.POINTER_VIEW)
+    for asset, parts in heads.items():
         if asset == skip:
             continue
         published = {k: v for k, (v, _, _) in catalog.published_partitions(con, asset).items()}

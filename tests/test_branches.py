@@ -453,3 +453,25 @@ def test_a_try_on_a_slice_reports_and_extrapolates_and_changes_nothing(tmp_path,
     assert monthly_try["metrics"]["total"]["branch"] == expected_january_total(1) - week(1) + week(2)
     assert report["passed"] and report["estimated_seconds"] > 0
     assert cli.main(["try", "backfills/fix.yaml", "--slice", "2024-12-01..2025-01-07"]) == 2
+
+
+def test_a_rule_on_an_upstreams_recorded_metric_reads_the_branch(con):
+    """bfa.published_metric in a branch run is the branch's: a monthly total reconciled against the daily table's
+    recorded metric passes when both were rebuilt in the branch (against the published days it would not)."""
+    by_metric = TableSpec(
+        name="monthly_by_metric", partitions=MONTHLY, partition_column="month", grain=["month"], columns={},
+        code_version="1", metrics={"total": "sum(total)"},
+        rules=[Reconcile("total_is_the_recorded_days", "total",
+                         "SELECT date_trunc('month', partition_date)::DATE, sum(value) FROM "
+                         "bfa.published_metric('payments', 'amount', $start, $end) GROUP BY 1")],
+    )  # fmt: skip
+    assert run(con, by_metric, MONTHLY_SQL, ["2025-01-01"], inputs=month_inputs()).published
+    run(con, payments, DAILY_SQL, JANUARY, gen=2, branch="fix")
+    report = run(con, by_metric, MONTHLY_SQL, ["2025-01-01"], gen=2, inputs=month_inputs(), branch="fix")
+    assert report.outcome == "branch", report.failure_message()
+    assert report.metrics_after["2025-01-01"]["total"] == expected_january_total(2)
+    # outside the branch the macro still reads what is published
+    (published,) = con.execute(
+        "SELECT sum(value) FROM bfa.published_metric('payments', 'amount', DATE '2025-01-01', DATE '2025-02-01')"
+    ).fetchone()
+    assert published == expected_january_total(1)
