@@ -781,16 +781,16 @@ def tag_values(con: duckdb.DuckDBPyConnection, tag: str, where_tag: str, value: 
 
 
 def run_outcomes(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[tuple[str, str, int]]:
-    """(asset, action, partitions) of the publish and hold entries of these runs."""
+    """(asset, action, partitions) of the publish, branch and hold entries of these runs."""
     return con.execute(
         "SELECT asset, action, sum(len(partition_keys)) FROM bfa.ledger "
-        "WHERE run_id IN (SELECT unnest(?)) AND action IN ('publish', 'hold') GROUP BY 1, 2",
+        "WHERE run_id IN (SELECT unnest(?)) AND action IN ('publish', 'branch', 'hold') GROUP BY 1, 2",
         [list(run_ids)],
     ).fetchall()
 
 
 def seconds_per_partition(con: duckdb.DuckDBPyConnection, assets: Sequence[str], runs: int = 10) -> dict[str, float]:
-    """Transform + audit seconds per partition over each asset's last `runs` publish or hold entries."""
+    """Transform + audit seconds per partition over each asset's last `runs` publish, branch or hold entries."""
     rows = con.execute(
         f"""
         SELECT asset, sum(seconds) / sum(partitions) FROM (
@@ -799,7 +799,7 @@ def seconds_per_partition(con: duckdb.DuckDBPyConnection, assets: Sequence[str],
                        AS seconds,
                    row_number() OVER (PARTITION BY asset ORDER BY entry_id DESC) AS recent
             FROM bfa.ledger
-            WHERE action IN ('publish', 'hold') AND asset IN (SELECT unnest(?)) AND len(partition_keys) > 0
+            WHERE action IN ('publish', 'branch', 'hold') AND asset IN (SELECT unnest(?)) AND len(partition_keys) > 0
         ) WHERE recent <= ? AND seconds IS NOT NULL GROUP BY 1
         """,
         [list(assets), runs],

@@ -463,8 +463,9 @@ def _print_status(defs: dg.Definitions, state: dict[str, Any], url: str) -> int:
     finally:
         if con is not None:
             con.close()
+    branch = next((t["value"] for t in state.get("tags") or [] if t["key"] == BRANCH_TAG), None)
     print(f"\nBackfill {state['id']}: {state['status']} ({state.get('title') or 'untitled'})")
-    print(f"{'asset':<22} {'targeted':>8} {'published':>9} {'held':>5} {'failed':>6}")
+    print(f"{'asset':<22} {'targeted':>8} {'staged' if branch else 'published':>9} {'held':>5} {'failed':>6}")
     statuses = (state.get("assetBackfillData") or {}).get("assetBackfillStatuses") or []
     problems = 0
     for c in statuses:
@@ -479,6 +480,8 @@ def _print_status(defs: dg.Definitions, state: dict[str, Any], url: str) -> int:
         f"Runs: {len(state['runs'])} ({', '.join(sorted({r['status'] for r in state['runs']})) or 'none yet'}). "
         f"UI: {url.rstrip('/')}/runs/b/{state['id']}"
     )
+    if branch:
+        print(f"Staged in branch {branch}: consumers read what is published until `backfill-assets branch publish`")
     ok = state["status"] in ("COMPLETED", "COMPLETED_SUCCESS") and problems == 0
     return EXIT_OK if ok or state["status"] not in launch.DONE else EXIT_HELD
 

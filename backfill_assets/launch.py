@@ -188,10 +188,11 @@ def counts(status: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def ledger_summary(con: duckdb.DuckDBPyConnection | None, run_ids: list[str]) -> dict[str, dict[str, int]]:
-    """asset -> {published, held} partitions, from the ledger entries of these runs."""
+    """asset -> {published, held} partitions, from the ledger entries of these runs (staged in a branch counts as
+    published: it passed)."""
     if con is None or not run_ids:
         return {}
     summary: dict[str, dict[str, int]] = {}
     for asset, action, n in catalog.run_outcomes(con, run_ids):
-        summary.setdefault(asset, {"published": 0, "held": 0})["published" if action == "publish" else "held"] = int(n)
+        summary.setdefault(asset, {"published": 0, "held": 0})["held" if action == "hold" else "published"] += int(n)
     return summary

@@ -163,6 +163,8 @@ def test_the_refunds_fix_brief_in_a_branch_changes_nothing_until_its_reviewer_ap
     out = helpers.run_cli(env, "launch", brief, "--url", url, "--branch", "refunds-q1", "--wait", "--poll-seconds",
                           "1", timeout_s=600)  # fmt: skip
     assert "into branch refunds-q1" in out and "Maintenance notice on 3 assets" in out, out
+    assert "asset                  targeted    staged  held failed" in out, out
+    assert "revenue_daily                90        90     0      0" in out and "Staged in branch refunds-q1" in out
     with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
         assert {a: bfa.published_partitions(con, a) for a in before} == before  # not a pointer moved
     notices = helpers.graphql(url, OBSERVATIONS, {"path": ["consumers", "finance_revenue_dashboard"]})
