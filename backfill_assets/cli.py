@@ -777,25 +777,18 @@ def cmd_branch(args: argparse.Namespace) -> int:
             con.close()
         print(json.dumps(found, indent=2, default=str) if args.json else _render_branches(found))
         return EXIT_OK
+    said = {
+        "approve": f"approved by {args.by}",
+        "publish": "published in one transaction",
+        "undo": "undone in one transaction; consumers read what they read before it",
+        "discard": "discarded; consumers never read it",
+    }
     with _write_warehouse(defs) as con:
-        if args.action == "approve":
-            warehouse.approve_branch(con, args.branch, args.by, args.reason)
-            print(f"branch {args.branch}: approved by {args.by}")
-        elif args.action == "publish":
-            published = warehouse.publish_branch(con, args.branch, args.by, args.reason)
-            _tell_dagster(con, published, f"branch {args.branch} published", args.reason)
-            print(f"branch {args.branch}: published in one transaction")
-            for asset, versions in published.items():
-                print(f"  {asset}: {_span_of(sorted(versions))}")
-        elif args.action == "undo":
-            undone = history.undo_branch(con, args.branch, args.by, args.reason)
-            _tell_dagster(con, undone, f"branch {args.branch} undone", args.reason)
-            print(f"branch {args.branch}: undone in one transaction; consumers read what they read before it")
-            for asset, versions in undone.items():
-                print(f"  {asset}: {_span_of(sorted(versions))}")
-        else:
-            freed = warehouse.discard_branch(con, args.branch, args.by, args.reason)
-            print(f"branch {args.branch}: discarded ({freed} rows freed); consumers never read it")
+        changed = history.decide_branch(con, args.action, args.branch, args.by, args.reason)
+        _tell_dagster(con, changed, f"branch {args.branch} {args.action}", args.reason)
+    print(f"branch {args.branch}: {said[args.action]}")
+    for asset, versions in changed.items():
+        print(f"  {asset}: {_span_of(sorted(versions))}")
     return EXIT_OK
 
 
@@ -989,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
         "read the tables through it; consumers' views change only when the branch publishes, every asset and "
         "partition in one transaction.",
     )
-    bra.add_argument("action", choices=("list", "show", "approve", "publish", "discard", "undo"))
+    bra.add_argument("action", choices=("list", "show", *history.BRANCH_ACTIONS))
     bra.add_argument("branch", nargs="?", help="the branch id (all but list)")
     _add_target(bra)
     bra.add_argument("--by", help="who approves, publishes or discards (recorded; approve: the reviewer)")

@@ -314,18 +314,7 @@ def branch_job(name: str = "branch_decision") -> dg.JobDefinition:
         reason = config.reason or None
         with getattr(context.resources, WAREHOUSE_KEY).get_connection() as con:
             try:
-                if config.action == "approve":
-                    if not reason:
-                        raise warehouse.BranchError("approve needs a reason")
-                    warehouse.approve_branch(con, config.branch, config.by, reason)
-                    changed = {}
-                elif config.action == "publish":
-                    changed = warehouse.publish_branch(con, config.branch, config.by, reason)
-                elif config.action == "undo":
-                    changed = history.undo_branch(con, config.branch, config.by, reason)
-                else:
-                    warehouse.discard_branch(con, config.branch, config.by, reason)
-                    changed = {}
+                changed = history.decide_branch(con, config.action, config.branch, config.by, reason)
             except (warehouse.WarehouseError, history.HistoryError) as e:
                 raise dg.Failure(description=str(e), allow_retries=False) from None
             what = f"branch {config.branch} {config.action}"

@@ -166,6 +166,29 @@ def undo_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | None, 
     return targets
 
 
+BRANCH_ACTIONS = ("approve", "publish", "discard", "undo")
+
+
+def decide_branch(
+    con: duckdb.DuckDBPyConnection, action: str, branch: str, by: str | None, reason: str | None
+) -> dict[str, dict[str, int]]:
+    """Approve, publish, discard or undo `branch` (the CLI's ``branch`` and the UI's ``branch_decision`` job);
+    returns the pointers it moved: asset -> partition -> version consumers read now."""
+    if action == "approve":
+        if not (by and reason):
+            raise wh.BranchError("approving a branch needs who approves it (its reviewer) and why")
+        wh.approve_branch(con, branch, by, reason)
+        return {}
+    if action == "publish":
+        return wh.publish_branch(con, branch, by, reason)
+    if action == "undo":
+        return undo_branch(con, branch, by, reason)
+    if action == "discard":
+        wh.discard_branch(con, branch, by, reason)
+        return {}
+    raise ValueError(f"unknown branch action {action!r}; one of {', '.join(BRANCH_ACTIONS)}")
+
+
 def held_versions(
     con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str] | None = None, status: str = "held"
 ) -> dict[str, int]:

@@ -172,14 +172,19 @@ defs = dg.Definitions(
 '''
 
 
-def test_the_cli_stages_a_backfill_in_a_branch_and_publishes_it_as_one(tmp_path, monkeypatch, capsys):
-    from backfill_assets import cli
-
+def cli_project(tmp_path, monkeypatch) -> None:
+    """The project above as ./definitions.py, its warehouse under tmp_path, no Dagster instance."""
     (tmp_path / "definitions.py").write_text(PROJECT)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
     monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "w.duckdb"))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
+def test_the_cli_stages_a_backfill_in_a_branch_and_publishes_it_as_one(tmp_path, monkeypatch, capsys):
+    from backfill_assets import cli
+
+    cli_project(tmp_path, monkeypatch)
     january = ["--from", "2025-01-01", "--to", "2025-01-31"]
     assert cli.main(["materialize", *january]) == 0
     with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
@@ -298,11 +303,7 @@ def test_plan_says_which_open_branch_will_change_its_tables(tmp_path, monkeypatc
 
     from backfill_assets import cli
 
-    (tmp_path / "definitions.py").write_text(PROJECT)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
-    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "w.duckdb"))
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    cli_project(tmp_path, monkeypatch)
     january = ["--from", "2025-01-01", "--to", "2025-01-31"]
     assert cli.main(["materialize", *january]) == 0
     assert cli.main(["materialize", "--select", "payments", "--from", "2025-01-03", "--to", "2025-01-04",
