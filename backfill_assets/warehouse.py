@@ -324,7 +324,8 @@ def decide(
                     f"DELETE FROM {version_table(cand.asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?))", [replaced]
                 )
                 catalog.set_status(con, replaced, "discarded", at)
-            catalog.stage_in_branch(con, cand.asset, cand.versions, branch)
+            staged = {**cand.versions, catalog.OUTSIDE_WINDOW: cand.stray_version}  # strays too: discard removes them
+            catalog.stage_in_branch(con, cand.asset, staged, branch)
         catalog.record_stats(con, stats, {cand.versions[k]: m for k, m in (version_metrics or {}).items()}, columns)
         catalog.mark_provisional(con, {cand.versions[k]: m for k, m in (provisional or {}).items()})
         entry = catalog.ledger(
@@ -484,13 +485,15 @@ def discard_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | Non
         freed = 0
         for asset in sorted(catalog.branch_heads(con, branch)):
             versions = catalog.branch_versions(con, branch, asset)
+            rows = 0
             if table_exists(con, asset):
-                freed += con.execute(
+                rows = con.execute(
                     f"DELETE FROM {version_table(asset)} WHERE {VERSION_COLUMN} IN (SELECT unnest(?))", [versions]
                 ).fetchall()[0][0]
+            freed += rows
             catalog.set_status(con, versions, "discarded")
             catalog.ledger(
-                con, asset, "discard", None, versions=versions, row_count=int(freed), actor=actor,
+                con, asset, "discard", None, versions=versions, row_count=int(rows), actor=actor,
                 reason=reason or f"branch {branch} discarded", params={"branch": branch},
             )  # fmt: skip
         catalog.close_branch(con, branch, "discarded", actor)

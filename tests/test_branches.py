@@ -131,6 +131,11 @@ def test_a_discarded_branch_leaves_nothing_behind(con):
     assert con.execute("SELECT count(*) FROM bfa.payments").fetchone()[0] == rows_before
     with pytest.raises(WarehouseError, match="branch try is discarded already"):
         warehouse.publish_branch(con, "try", "ana", None)
+    # a held run whose stray rows fall outside its window leaves nothing behind either
+    stray = DAILY_SQL + " UNION ALL SELECT DATE '2025-02-20', 'stray', 1"
+    assert run(con, payments, stray, JANUARY[:2], gen=3, branch="try2").outcome == "hold"
+    warehouse.discard_branch(con, "try2", "ana", None)
+    assert con.execute("SELECT count(*) FROM bfa.payments").fetchone()[0] == rows_before
 
 
 def test_a_reader_never_sees_one_table_of_the_branch_published_without_the_other(con, tmp_path):
