@@ -199,6 +199,16 @@ def _ranges(keys: Sequence[str]) -> str:
     return keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]} ({len(keys)})"
 
 
+def maintenance_notice(plan: Any, branch: str, who: str, reviewer: str | None) -> str:
+    """What the tables and consumers of a branch's blast radius (a :class:`planning.Plan`) say while it is open."""
+    changes = "; ".join(f"{i.asset} {', '.join(i.partitions)}" for i in plan.tables)
+    review = f", after review by {reviewer}" if reviewer else ""
+    return (
+        f"Maintenance: {who} is staging in branch {branch} and will change {changes}. Consumers read the current "
+        f"data until the branch publishes, all tables at once{review}."
+    )
+
+
 def note_from_ledger(con: duckdb.DuckDBPyConnection, tag: str, value: str, title: str) -> Note:
     """The note of every publish and hold whose run carried the tag `tag` = `value` (a backfill or brief)."""
     note = Note(title)

@@ -10,6 +10,7 @@ reached or refused the request.
 import argparse
 import dataclasses
 import datetime as dt
+import getpass
 import json
 import os
 import sys
@@ -27,7 +28,15 @@ from dagster.components.definitions import LazyDefinitions
 
 from . import briefs, catalog, changes, diff, history, launch, planning, trial, warehouse
 from .audit import plural
-from .factory import BRANCH_TAG, BRIEF_TAG, OWNER_TAG, PROVISIONAL_METADATA, WAREHOUSE_KEY, report_pointer_changes
+from .factory import (
+    BRANCH_TAG,
+    BRIEF_TAG,
+    OWNER_TAG,
+    PROVISIONAL_METADATA,
+    WAREHOUSE_KEY,
+    announce,
+    report_pointer_changes,
+)
 from .instance import init as init_instance
 
 EXIT_OK, EXIT_HELD, EXIT_USAGE, EXIT_DAGSTER = 0, 1, 2, 3
@@ -205,11 +214,29 @@ def materialize_runs(
     return runs, waiting, planning.named_by_range(graph, selected, start, end, waiting)
 
 
+def _open_and_announce(defs: dg.Definitions, args: argparse.Namespace, instance: dg.DagsterInstance) -> None:
+    """Open `--branch` before the runs; when this command opens it, the tables and consumers of the range's blast
+    radius get the maintenance notice in Dagster (a branch opened earlier, by launch or try, has had its own)."""
+    with _warehouse_resource(defs).get_connection() as con:
+        if catalog.branch_info(con, args.branch) is not None:
+            return
+        try:
+            catalog.open_branch(con, args.branch)
+        except ValueError as e:
+            raise warehouse.BranchError(str(e)) from None
+    plan = planning.plan_range(defs.resolve_asset_graph(), args.select, args.start, args.end)
+    notice = changes.maintenance_notice(plan, args.branch, f"materialize by {getpass.getuser()}", reviewer=None)
+    told = announce(instance, plan, notice)
+    _say(args, f"Opened branch {args.branch}; maintenance notice on {plural(told, 'asset')} in Dagster")
+
+
 def cmd_materialize(args: argparse.Namespace) -> int:
     defs = load_definitions(args)
     runs, waiting, blocked = materialize_runs(defs, args.select, args.start, args.end)
     job = defs.resolve_implicit_global_asset_job_def()
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    if args.branch:
+        _open_and_announce(defs, args, instance)
     report, code = [], EXIT_OK
     if not runs:
         _say(args, "Nothing to run: no whole partition of the selection lies in the range.")
@@ -360,7 +387,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     where = f" into branch {args.branch}" if args.branch else ""
     print(f"Launched backfill {backfill_id} for brief {brief['id']}{where}: {launch.scope(result.plan)}")
     if args.branch:
-        told = launch.announce(args.url, result.plan, launch.maintenance_notice(brief, result.plan, args.branch))
+        who = f"backfill brief {brief['id']} ({brief['title']})"
+        notice = changes.maintenance_notice(result.plan, args.branch, who, str(brief["reviewer"]))
+        told = launch.announce(args.url, result.plan, notice)
         print(f"Maintenance notice on {plural(told, 'asset')} of the blast radius (their tables and consumers)")
     print(f"Follow it in the UI: {args.url.rstrip('/')}/runs/b/{backfill_id}")
     if not args.wait:
@@ -835,9 +864,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="backfill-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="backfill-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     mat = sub.add_parser(
         "materialize",

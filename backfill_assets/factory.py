@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster_shared.check import CheckError
 
 from . import audit, catalog, changes, history, planning, sqltext, warehouse
 from .publish import RunReport, Transform, audit_published, write_audit_publish
@@ -71,6 +72,9 @@ def derived_asset(
             keys = context.partition_keys
             context.log.info(f"{spec.name}: writing {len(keys)} partitions {keys[0]}..{keys[-1]} as a new version")
             graph = context.job_def.asset_layer.asset_graph
+            branch = context.run.tags.get(BRANCH_TAG) or None
+            if branch and catalog.branch_info(con, branch) is None:
+                _announce_branch(context, branch)  # this run opens it (a UI backfill with the branch tag)
             report = write_audit_publish(
                 con,
                 spec,
@@ -81,7 +85,7 @@ def derived_asset(
                 record={catalog.RUN_TAGS: {k: v for k, v in context.run.tags.items() if not k.startswith(".")}},
                 log=context.log.info,
                 inputs=planning.required_inputs(graph, spec.key, keys, planning.upstream_tables(graph, spec.key)),
-                branch=context.run.tags.get(BRANCH_TAG) or None,
+                branch=branch,
                 **_who_and_why(context.run),
             )
         # Every check gates the publish; Dagster is told only the outcomes of the checks it selected.
@@ -107,6 +111,48 @@ def derived_asset(
         yield dg.MaterializeResult(asset_key=spec.key, metadata=metadata, check_results=results)
 
     return _asset
+
+
+def _announce_branch(context: dg.AssetExecutionContext, branch: str) -> None:
+    """Tell every table and consumer of the branch's blast radius that it is staging, as ``launch --branch`` does:
+    the blast radius of the Dagster backfill's whole target when a backfill launched the run, else of the run's."""
+    backfill_id = context.run.tags.get("dagster/backfill")
+    backfill = context.instance.get_backfill(backfill_id) if backfill_id else None
+    graph, targeted = _location_graph(context), {}
+    if backfill is not None and backfill.asset_backfill_data is not None:
+        for target in backfill.asset_backfill_data.target_subset.iterate_asset_partitions():
+            targeted.setdefault(target.asset_key, []).append(target.partition_key)
+    else:
+        targeted = {key: list(context.partition_keys) for key in context.selected_asset_keys}
+    seeds = {}
+    for key, keys in targeted.items():
+        pdef = graph.get(key).partitions_def
+        time_keys = isinstance(pdef, dg.TimeWindowPartitionsDefinition)
+        seeds[key] = planning.partition_index(pdef).ranges_of(keys) if time_keys else []
+    plan = planning.blast_radius(graph, seeds)
+    who = f"Dagster backfill {backfill_id}" if backfill_id else f"run {context.run.run_id}"
+    notice = changes.maintenance_notice(plan, branch, who, reviewer=None)
+    told = announce(context.instance, plan, notice)
+    context.log.info(f"branch {branch} opened; maintenance notice on {told} assets: {notice}")
+
+
+def _location_graph(context: dg.AssetExecutionContext):
+    """The code location's whole asset graph (a run's job holds only the assets it runs); an in-process run
+    (``dg.materialize``) belongs to no code location and has only its job's."""
+    try:
+        return context.repository_def.asset_graph
+    except CheckError:
+        return context.job_def.asset_layer.asset_graph
+
+
+def announce(instance: dg.DagsterInstance, plan: planning.Plan, text: str) -> int:
+    """Report `text` as an observation of every table and consumer of `plan` (what their pages in Dagster show
+    while a branch is open); returns how many assets were told."""
+    for impact in plan.impacts:
+        instance.report_runless_asset_event(
+            dg.AssetObservation(asset_key=dg.AssetKey.from_user_string(impact.asset), description=text)
+        )
+    return len(plan.impacts)
 
 
 def _who_and_why(run: dg.DagsterRun) -> dict[str, str | None]:
@@ -326,4 +372,3 @@ def branch_job(name: str = "branch_decision") -> dg.JobDefinition:
         decide()
 
     return job
-

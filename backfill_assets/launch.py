@@ -147,16 +147,6 @@ def launch(url: str, brief: dict[str, Any], plan: planning.Plan, branch: str | N
     return result["backfillId"]
 
 
-def maintenance_notice(brief: dict[str, Any], plan: planning.Plan, branch: str) -> str:
-    """What the tables and consumers of a branch's blast radius say while it is open."""
-    changes = "; ".join(f"{i.asset} {', '.join(i.partitions)}" for i in plan.tables)
-    return (
-        f"Maintenance: backfill brief {brief['id']} ({brief['title']}) is staging in branch {branch} and will "
-        f"change {changes}. Consumers read the current data until the branch publishes, all tables at once, "
-        f"after review by {brief['reviewer']}."
-    )
-
-
 def announce(url: str, plan: planning.Plan, text: str) -> int:
     """Report `text` to Dagster as an observation of every table and consumer of the plan (what their pages show
     while a branch is open); returns how many assets were told."""

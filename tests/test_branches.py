@@ -158,7 +158,7 @@ def test_a_reader_never_sees_one_table_of_the_branch_published_without_the_other
     assert seen <= {old, new} and new in seen, seen
 
 
-PROJECT = '''
+PROJECT = """
 import os
 
 import dagster as dg
@@ -174,7 +174,7 @@ defs = dg.Definitions(
     resources={"warehouse": bfa.Warehouse()},
     executor=dg.in_process_executor,
 )
-'''
+"""
 
 
 def cli_project(tmp_path, monkeypatch) -> None:
@@ -451,6 +451,7 @@ def test_a_try_on_a_slice_reports_and_extrapolates_and_changes_nothing(tmp_path,
     assert (payments_try["asset"], payments_try["partitions"], payments_try["rows"]) == ("payments", 7, 21)
     assert (payments_try["full_partitions"], payments_try["estimated_rows"]) == (31, 93)  # 3 payments a day
     assert payments_try["rows_changed"] == 21  # every amount moves from generation 1 to 2
+
     def week(gen):  # the model: gen * day + i cents, for the first seven days
         return sum(gen * day + i for day in range(1, 8) for i in range(3))
 
@@ -481,3 +482,53 @@ def test_a_rule_on_an_upstreams_recorded_metric_reads_the_branch(con):
         "SELECT sum(value) FROM bfa.published_metric('payments', 'amount', DATE '2025-01-01', DATE '2025-02-01')"
     ).fetchone()
     assert published == expected_january_total(1)
+
+
+def notices(instance: dg.DagsterInstance, *path: str) -> list[str]:
+    return [
+        r.event_log_entry.asset_observation.description
+        for r in instance.fetch_observations(dg.AssetKey(list(path)), limit=10).records
+    ]
+
+
+def test_materialize_into_a_new_branch_puts_a_maintenance_notice_on_everything_it_will_change(tmp_path, monkeypatch):
+    """The command that opens a branch tells each asset of the blast radius in Dagster, once: the days, the month
+    over them, the dashboard reading the month (this file's graph, not the library's planner, says which)."""
+    from backfill_assets import cli, instance
+
+    cli_project(tmp_path, monkeypatch)
+    shown = "dataclasses.replace(monthly, consumers=[bfa.Consumer('Finance board', owners=['team:fin'])])"
+    board = f"\nimport dataclasses\nshown = {shown}\n"
+    project = PROJECT.replace("defs = dg.Definitions(", board + "defs = dg.Definitions(")
+    project = project.replace("bfa.derived_asset(monthly,", "*bfa.consumer_specs([shown]), bfa.derived_asset(shown,")
+    (tmp_path / "definitions.py").write_text(project)
+    instance.init(tmp_path / "home")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert cli.main(["materialize", "--from", "2025-01-01", "--to", "2025-01-31"]) == 0
+    for day in ("2025-01-05", "2025-01-06"):  # the second run stages into the branch the first opened
+        assert cli.main(["materialize", "--select", "payments", "--from", day, "--to", day, "--branch", "fix"]) == 0
+    with dg.DagsterInstance.get() as inst:
+        expected = {
+            ("payments",): "payments 2025-01-05",
+            ("monthly",): "monthly 2025-01-01",
+            ("consumers", "finance_board"): "",
+        }
+        for path, change in expected.items():
+            seen = notices(inst, *path)
+            assert len(seen) == 1 and "staging in branch fix" in seen[0] and change in seen[0], (path, seen)
+
+
+def test_the_run_that_opens_a_branch_tells_dagster_once(tmp_path):
+    """A backfill launched from Dagster's UI with the branch tag opens the branch in its first run, which posts
+    the notice (in a code location, on the whole blast radius; here, an in-process run, on its own asset)."""
+    from backfill_assets import Warehouse, derived_asset
+
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"warehouse": Warehouse(database=str(tmp_path / "w.duckdb"))}
+    for day in ("2025-01-05", "2025-01-06"):
+        assert dg.materialize(
+            [derived_asset(payments, DAILY_SQL, params={"gen": 1})], partition_key=day, instance=instance,
+            resources=resources, tags={"backfill_assets/branch": "fix"},
+        ).success  # fmt: skip
+    seen = notices(instance, "payments")
+    assert len(seen) == 1 and "staging in branch fix and will change payments 2025-01-05." in seen[0], seen
