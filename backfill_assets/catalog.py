@@ -896,6 +896,11 @@ def branch_heads(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, dict[
     return heads
 
 
+def branch_staged_at(con: duckdb.DuckDBPyConnection, branch: str) -> dt.datetime | None:
+    """When the branch's newest version was staged (an approval older than that did not see it)."""
+    return con.execute("SELECT max(created_at) FROM bfa.versions WHERE branch = ?", [branch]).fetchone()[0]
+
+
 def branch_published(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, dict[str, tuple[int, bool]]]:
     """asset -> partition -> (version, still published) of every version the branch published."""
     rows = con.execute(

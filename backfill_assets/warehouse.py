@@ -444,20 +444,16 @@ REVIEWED_RISKS = ("metric-changing repair", "schema migration", "production-crit
 
 def publish_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | None, reason: str | None) -> dict:
     """Publish every asset and partition of `branch` in ONE transaction (a ledger entry per asset, naming the
-    branch). Refused, changing nothing, when the branch is not open, needs its reviewer's approval, has a held or
-    unfinished version, or when a partition was published by something else after the branch staged it.
+    branch). Refused, changing nothing, when the branch is not open, needs its reviewer's approval (again, when it
+    changed after the approval), has a held or unfinished version, or when a partition was published by something
+    else after the branch staged it; the message names every problem and the way out.
     Returns asset -> partition -> version published."""
     with transaction(con):
         info = _open(con, branch)
-        if info["risk"] in REVIEWED_RISKS and not info["approved_by"]:
-            raise BranchError(
-                f"branch {branch} ({info['risk']}) must be approved by its reviewer {info['reviewer']} before it "
-                f"publishes: backfill-assets branch approve {branch} --by {info['reviewer']} --reason ..."
-            )
         heads = catalog.branch_heads(con, branch)
         if not heads:
             raise BranchError(f"branch {branch} has nothing staged")
-        problems, targets = [], {}
+        problems, targets, ways = [], {}, []
         for asset, parts in sorted(heads.items()):
             published = {k: v for k, (v, _, _) in catalog.published_partitions(con, asset).items()}
             held = sorted(k for k, (_, status, _) in parts.items() if status != "branched")
@@ -468,9 +464,19 @@ def publish_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | Non
                 problems.append(f"{asset} {_keys(moved)} was published by something else after the branch staged it")
             targets[asset] = {k: v for k, (v, _, _) in sorted(parts.items())}
         if problems:
+            ways.append(f"re-run those partitions in the branch (materialize --branch {branch})")
+        if info["risk"] in REVIEWED_RISKS:
+            review = None
+            if not info["approved_by"]:
+                review = f"it ({info['risk']}) must be approved by its reviewer {info['reviewer']}"
+            elif catalog.branch_staged_at(con, branch) > info["approved_at"]:
+                review = f"it changed after {info['approved_by']} approved it"
+            if review:
+                problems.append(review)
+                ways.append(f"backfill-assets branch approve {branch} --by {info['reviewer']} --reason ...")
+        if problems:
             raise BranchError(
-                f"branch {branch} not published: {'; '.join(problems)}. Re-run those partitions in the branch "
-                f"(materialize --branch {branch}), then publish again"
+                f"branch {branch} not published: {'; '.join(problems)}. Next: {'; then '.join(ways)}; then publish"
             )
         why = reason or f"branch {branch}" + (f" (brief {info['brief']})" if info["brief"] else "")
         repoint_in(con, targets, "publish", "superseded", actor=actor, reason=why, params={"branch": branch})

@@ -118,8 +118,13 @@ def test_only_the_reviewer_approves_and_a_metric_changing_branch_needs_the_appro
     with pytest.raises(WarehouseError, match="only li@finance.example, the reviewer of branch repair, may approve"):
         warehouse.approve_branch(con, "repair", "ana", "looks fine to me")
     warehouse.approve_branch(con, "repair", "li@finance.example", "checked the deltas")
+    run(con, payments, DAILY_SQL, ["2025-01-05"], gen=3, branch="repair")  # changed after the review
+    with pytest.raises(WarehouseError, match="it changed after li@finance.example approved it"):
+        warehouse.publish_branch(con, "repair", "ana", None)
+    assert consumers_read(con)[0] == expected_january_total(1)
+    warehouse.approve_branch(con, "repair", "li@finance.example", "checked the 5th again")
     warehouse.publish_branch(con, "repair", "ana", None)
-    assert consumers_read(con)[0] == expected_january_total(2)
+    assert consumers_read(con)[0] == expected_january_total(2) + (3 - 2) * 5 * 3
 
 
 def test_a_discarded_branch_leaves_nothing_behind(con):
