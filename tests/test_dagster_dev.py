@@ -20,6 +20,7 @@ RANGES = {
     "retention_cohorts": ("2025-01-06", "2025-01-20"),
     "monthly_revenue": ("2025-01-01", "2025-01-01"),
 }
+Q1 = ("2025-01-01", "2025-03-31")
 LAUNCH = """
 mutation($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {
@@ -34,8 +35,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
+    """`dagster dev` on the reference pipeline with a bug switch in monthly_revenue (off unless `dev.bug` exists)."""
     tmp_path = tmp_path_factory.mktemp("dagster_dev")
-    with helpers.dagster_dev(tmp_path, helpers.dagster_env(tmp_path)) as dev:
+    env = {**helpers.dagster_env(tmp_path), "BACKFILL_ASSETS_MONTHLY_BUG": str(tmp_path / "monthly-bug")}
+    command = (str(helpers.BIN / "dagster"), "dev", "-f", "tests/reference_with_a_bug_switch.py")
+    with helpers.dagster_dev(tmp_path, env, command=command) as dev:
+        dev.bug = tmp_path / "monthly-bug"
         yield dev
 
 
@@ -151,43 +156,89 @@ query($path: [String!]!) {
 }"""
 
 
-def test_the_refunds_fix_brief_in_a_branch_changes_nothing_until_its_reviewer_approves_and_it_publishes(dagster_dev):
-    """After the refunds-fix test above published the fix, the same brief runs again into a branch: consumers keep
-    reading exactly the versions published before (their ids), the consumers show the maintenance notice, a publish
-    without the reviewer's approval is refused, and after it revenue_daily and monthly_revenue move together."""
+def consumers_views(db: Path) -> dict[str, str]:
+    """An md5 of each view consumers read in main (every row, in order), in DuckDB's SQL, not the library's."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        views = [
+            r[0]
+            for r in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal"
+            ).fetchall()
+        ]
+        return {
+            v: con.execute(
+                f"SELECT md5(coalesce(string_agg(t::VARCHAR, chr(10) ORDER BY t::VARCHAR), '')) FROM main.{v} t"
+            ).fetchone()[0]
+            for v in views
+        }
+
+
+def monthly_sums(db: Path) -> tuple[dict, dict]:
+    """(month -> net revenue of monthly_revenue, month -> the sum of revenue_daily's days), as consumers read them."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        monthly = dict(
+            con.execute("SELECT month_start, sum(net_revenue_usd) FROM main.monthly_revenue GROUP BY 1").fetchall()
+        )
+        days = dict(con.execute(
+            "SELECT date_trunc('month', revenue_date)::DATE, sum(net_revenue_usd) FROM main.revenue_daily "
+            "WHERE revenue_date < '2025-04-01' GROUP BY 1"
+        ).fetchall())  # fmt: skip
+    return {m: v for m, v in monthly.items() if m in days}, days
+
+
+def test_the_refunds_fix_in_a_branch_with_a_failing_month_changes_nothing_until_fixed_reviewed_and_published(
+    dagster_dev,
+):
+    """The refunds-fix brief into a branch over the numbers from before the fix, with monthly_revenue's new code
+    adding a cent (its `reconciled` check fails): every consumers' view hashes as before, and publish is refused,
+    saying why. Fixed and re-run in the branch, approved by the brief's reviewer (and nobody else) and published:
+    revenue_daily and monthly_revenue change in one pointer change, every other view not at all."""
     url, env = dagster_dev.url, dagster_dev.env
-    with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
-        before = {a: bfa.published_partitions(con, a) for a in ("revenue_daily", "monthly_revenue")}
-    assert len(before["revenue_daily"]) == 90 and len(before["monthly_revenue"]) == 3
+    legacy = str(ROOT / "product_analytics" / "legacy.py")
+    helpers.run_cli(env, "materialize", "-f", legacy, "--select", "key:revenue_daily+", "--from", Q1[0], "--to", Q1[1])
+    before = consumers_views(dagster_dev.db)
+    monthly_before, days_before = monthly_sums(dagster_dev.db)
+    assert monthly_before == days_before and len(days_before) == 3  # the legacy numbers, consistent
+
+    dagster_dev.bug.touch()
     brief = "backfills/refunds-fix-2025q1.yaml"
-    out = helpers.run_cli(env, "launch", brief, "--url", url, "--branch", "refunds-q1", "--wait", "--poll-seconds",
-                          "1", timeout_s=600)  # fmt: skip
+    out = helpers.run_cli_fails(
+        env, "launch", brief, "--url", url, "--branch", "refunds-q1", "--wait", "--poll-seconds", "1", timeout_s=600
+    )
     assert "into branch refunds-q1" in out and "Maintenance notice on 3 assets" in out, out
-    assert "asset                  targeted    staged  held failed" in out, out
-    assert "revenue_daily                90        90     0      0" in out and "Staged in branch refunds-q1" in out
-    with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
-        assert {a: bfa.published_partitions(con, a) for a in before} == before  # not a pointer moved
+    assert "revenue_daily                90        90     0      0" in out, out
+    assert "monthly_revenue               3         0     3" in out, out
+    assert consumers_views(dagster_dev.db) == before  # not a row consumers read has changed
     notices = helpers.graphql(url, OBSERVATIONS, {"path": ["consumers", "finance_revenue_dashboard"]})
     assert "branch refunds-q1" in notices["assetOrError"]["assetObservations"][0]["description"]
-
     refused = helpers.run_cli_fails(env, "branch", "publish", "refunds-q1")
-    assert "must be approved by its reviewer head-of-data@example.com" in refused
+    assert "monthly_revenue 2025-01-01..2025-03-01 is held or still running in the branch" in refused, refused
+    assert "must be approved by its reviewer head-of-data@example.com" in refused, refused
+    assert consumers_views(dagster_dev.db) == before
+
+    dagster_dev.bug.unlink()  # the fix, re-run in the branch as the refusal says
+    helpers.run_cli(
+        env, "materialize", "--select", "monthly_revenue", "--from", Q1[0], "--to", Q1[1], "--branch", "refunds-q1"
+    )
     assert "may approve it, not ana" in helpers.run_cli_fails(
         env, "branch", "approve", "refunds-q1", "--by", "ana", "--reason", "fine"
     )
-    helpers.run_cli(env, "branch", "approve", "refunds-q1", "--by", "head-of-data@example.com", "--reason", "ok")
+    helpers.run_cli(env, "branch", "approve", "refunds-q1", "--by", "head-of-data@example.com", "--reason", "deltas ok")
+    assert consumers_views(dagster_dev.db) == before
     out = helpers.run_cli(env, "branch", "publish", "refunds-q1", "--by", "team:finance-analytics")
     assert "revenue_daily: 2025-01-01..2025-03-31 (90 partitions)" in out, out
     assert "monthly_revenue: 2025-01-01..2025-03-01 (3 partitions)" in out, out
+
+    after = consumers_views(dagster_dev.db)
+    changed = sorted(v for v in before if after[v] != before[v])
+    assert changed == ["_bfa_pointer", "monthly_revenue", "revenue_daily"], changed
+    monthly_after, days_after = monthly_sums(dagster_dev.db)
+    assert monthly_after == days_after  # the fixed months are their fixed days
+    assert all(days_after[m] < days_before[m] for m in days_before)  # refunds now subtracted
     with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
-        after = {a: bfa.published_partitions(con, a) for a in before}
-        entries = con.execute(
-            "SELECT DISTINCT l.asset, h.changed_at FROM bfa.ledger l JOIN bfa.pointer_history h USING (entry_id) "
-            "WHERE l.action = 'publish' AND l.params ->> 'branch' = 'refunds-q1'"
+        moves = con.execute(
+            "SELECT l.asset, h.changed_at, count(*) FROM bfa.ledger l JOIN bfa.pointer_history h USING (entry_id) "
+            "WHERE l.action = 'publish' AND l.params ->> 'branch' = 'refunds-q1' GROUP BY ALL"
         ).fetchall()
-    for asset in before:
-        assert {k: v for k, (v, _, _) in after[asset].items()}.keys() == before[asset].keys()
-        assert all(after[asset][k][0] != before[asset][k][0] for k in before[asset])  # every pointer moved ...
-        assert {k: h for k, (_, _, h) in after[asset].items()} == {k: h for k, (_, _, h) in before[asset].items()}
-    assert sorted(a for a, _ in entries) == ["monthly_revenue", "revenue_daily"]
-    assert len({at for _, at in entries}) == 1  # ... in one pointer change (one timestamp for both tables)
+    assert sorted((a, n) for a, _, n in moves) == [("monthly_revenue", 3), ("revenue_daily", 90)]
+    assert len({at for _, at, _ in moves}) == 1  # one pointer change: one timestamp for both tables
