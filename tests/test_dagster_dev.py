@@ -35,12 +35,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
-    """`dagster dev` on the reference pipeline with a bug switch in monthly_revenue (off unless `dev.bug` exists)."""
+    """`dagster dev` on the reference pipeline with a bug switch in monthly_revenue (off unless `bug_switch` exists)."""
     tmp_path = tmp_path_factory.mktemp("dagster_dev")
     env = {**helpers.dagster_env(tmp_path), "BACKFILL_ASSETS_MONTHLY_BUG": str(tmp_path / "monthly-bug")}
     command = (str(helpers.BIN / "dagster"), "dev", "-f", "tests/reference_with_a_bug_switch.py")
     with helpers.dagster_dev(tmp_path, env, command=command) as dev:
-        dev.bug = tmp_path / "monthly-bug"
         yield dev
 
 
@@ -200,7 +199,8 @@ def test_the_refunds_fix_in_a_branch_with_a_failing_month_changes_nothing_until_
     monthly_before, days_before = monthly_sums(dagster_dev.db)
     assert monthly_before == days_before and len(days_before) == 3  # the legacy numbers, consistent
 
-    dagster_dev.bug.touch()
+    bug_switch = Path(env["BACKFILL_ASSETS_MONTHLY_BUG"])
+    bug_switch.touch()
     brief = "backfills/refunds-fix-2025q1.yaml"
     out = helpers.run_cli_fails(
         env, "launch", brief, "--url", url, "--branch", "refunds-q1", "--wait", "--poll-seconds", "1", timeout_s=600
@@ -216,7 +216,7 @@ def test_the_refunds_fix_in_a_branch_with_a_failing_month_changes_nothing_until_
     assert "must be approved by its reviewer head-of-data@example.com" in refused, refused
     assert consumers_views(dagster_dev.db) == before
 
-    dagster_dev.bug.unlink()  # the fix, re-run in the branch as the refusal says
+    bug_switch.unlink()  # the fix, re-run in the branch as the refusal says
     helpers.run_cli(
         env, "materialize", "--select", "monthly_revenue", "--from", Q1[0], "--to", Q1[1], "--branch", "refunds-q1"
     )
