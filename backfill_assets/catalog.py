@@ -45,7 +45,8 @@ _VERSIONS = """CREATE TABLE IF NOT EXISTS bfa.{name} (
     staged_by VARCHAR,              -- host:pid:run token of the process writing it, while staged
     missing_inputs VARCHAR[],       -- provisional: the late upstream partitions ("asset key") it was made without
     branch VARCHAR,                 -- the branch it was staged in (see bfa.branches); NULL: none
-    base_version BIGINT             -- in a branch: the version published for its partition when it was staged
+    base_version BIGINT,            -- in a branch: the version published for its partition when it was staged
+    reads STRUCT(asset VARCHAR, partition_key VARCHAR, version BIGINT)[]  -- in a branch: the upstream versions it read
 );
 CREATE TABLE IF NOT EXISTS bfa.branches (
     branch VARCHAR PRIMARY KEY,
@@ -188,7 +189,8 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
                     FROM bfa.ledger WHERE action IN ('publish', 'hold', 'candidate')
                 ) l WHERE v.version = l.version""")
     for column, kind in (
-        ("staged_by", "VARCHAR"), ("missing_inputs", "VARCHAR[]"), ("branch", "VARCHAR"), ("base_version", "BIGINT")
+        ("staged_by", "VARCHAR"), ("missing_inputs", "VARCHAR[]"), ("branch", "VARCHAR"), ("base_version", "BIGINT"),
+        ("reads", "STRUCT(asset VARCHAR, partition_key VARCHAR, version BIGINT)[]"),
     ):  # fmt: skip
         if old and not has(con, "versions", column):
             con.execute(f"ALTER TABLE bfa.versions ADD COLUMN {column} {kind}")
@@ -935,6 +937,55 @@ def stage_in_branch(con: duckdb.DuckDBPyConnection, asset: str, versions: Mappin
         "unnest(?::BIGINT[]) AS base) b WHERE bfa.versions.version = b.version",
         [branch, [versions[k] for k in keys], [published.get(k) for k in keys]],
     )
+
+
+# The branch's newest version of each partition, and what a run in the branch reads: those, else the published.
+_BRANCH_SEEN = """heads AS (
+    SELECT asset, partition_key, version, status, base_version, reads FROM bfa.versions
+    WHERE branch = $branch AND status IN (SELECT unnest($in_branch)) AND partition_key <> $outside
+    QUALIFY row_number() OVER (PARTITION BY asset, partition_key ORDER BY version DESC) = 1
+), seen AS (
+    SELECT asset, partition_key, version FROM heads UNION ALL
+    SELECT asset, partition_key, version FROM bfa.published p
+    WHERE NOT EXISTS (SELECT 1 FROM heads h WHERE h.asset = p.asset AND h.partition_key = p.partition_key)
+)"""
+
+
+def _seen_params(branch: str) -> dict[str, Any]:
+    return {"branch": branch, "in_branch": list(IN_BRANCH), "outside": OUTSIDE_WINDOW}
+
+
+def record_reads(
+    con: duckdb.DuckDBPyConnection, branch: str, versions: Mapping[str, int], needs: Mapping[str, Sequence[Any]]
+) -> None:
+    """Keep with each of a branch run's `versions` (partition -> version) the upstream versions it read
+    (`needs`: partition -> :class:`planning.Need`), so its publish can tell when one has changed since."""
+    pairs = [(versions[k], n.asset, n.key) for k, ns in needs.items() if k in versions for n in ns]
+    if not pairs:
+        return
+    con.execute(
+        f"UPDATE bfa.versions SET reads = x.reads FROM (WITH {_BRANCH_SEEN}, r AS (SELECT unnest($v::BIGINT[]) AS "
+        "version, unnest($a::VARCHAR[]) AS asset, unnest($k::VARCHAR[]) AS partition_key) SELECT r.version, "
+        "list({'asset': r.asset, 'partition_key': r.partition_key, 'version': s.version}) AS reads FROM r "
+        "LEFT JOIN seen s USING (asset, partition_key) GROUP BY r.version) x WHERE bfa.versions.version = x.version",
+        {"v": [p[0] for p in pairs], "a": [p[1] for p in pairs], "k": [p[2] for p in pairs], **_seen_params(branch)},
+    )
+
+
+def stale_reads(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, list[tuple[str, str]]]:
+    """asset -> (partition, "upstream partition") of the branch's versions that read an upstream version which is
+    no longer the one the branch would publish with (published anew meanwhile, or re-run in the branch)."""
+    rows = con.execute(
+        f"WITH {_BRANCH_SEEN} SELECT x.asset, x.partition_key, x.r.asset, x.r.partition_key FROM "
+        "(SELECT asset, partition_key, unnest(reads) AS r FROM heads) x LEFT JOIN seen s "
+        "ON s.asset = x.r.asset AND s.partition_key = x.r.partition_key WHERE s.version IS DISTINCT FROM x.r.version "
+        "ORDER BY ALL",
+        _seen_params(branch),
+    ).fetchall()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for asset, key, upstream, upstream_key in rows:
+        out.setdefault(asset, []).append((key, input_label(upstream, upstream_key)))
+    return out
 
 
 def approve_branch(con: duckdb.DuckDBPyConnection, branch: str, by: str, reason: str) -> None:

@@ -216,7 +216,7 @@ def _write_audit_publish(
     try:  # one transaction; if it does not commit, the staged versions are an orphan the next run abandons
         warehouse.decide(
             con, cand, stats, outcome=report.outcome, columns=list(produced), version_metrics=after,
-            provisional=report.provisional, reason=why, actor=actor, branch=branch, **ledger,
+            provisional=report.provisional, reason=why, actor=actor, branch=branch, inputs=inputs, **ledger,
         )  # fmt: skip
     finally:
         catalog.finished(cand)

@@ -305,6 +305,7 @@ def decide(
     version_metrics: Mapping[str, Mapping[str, Any]] | None = None,
     provisional: Mapping[str, Sequence[str]] | None = None,
     branch: str | None = None,
+    inputs: Mapping[str, Sequence[Any]] | None = None,
     **ledger: Any,
 ) -> None:
     """Record a run's outcome in one transaction: "publish" (every partition points at its new version),
@@ -312,7 +313,8 @@ def decide(
     until the branch publishes) or "hold". `columns`: the columns the run produced; `version_metrics`: partition
     key -> the spec's metric values over its new version, kept with the version; `provisional`: partition key ->
     the late inputs it was made without. In a branch, a run's versions replace the branch's earlier ones of the
-    same partitions (their rows are deleted), held or not."""
+    same partitions (their rows are deleted), held or not, and keep the upstream versions they read (`inputs`:
+    partition -> :class:`planning.Need`)."""
     at = catalog.now()
     new = list(cand.versions.values())
     with transaction(con):
@@ -326,6 +328,7 @@ def decide(
                 catalog.set_status(con, replaced, "discarded", at)
             staged = {**cand.versions, catalog.OUTSIDE_WINDOW: cand.stray_version}  # strays too: discard removes them
             catalog.stage_in_branch(con, cand.asset, staged, branch)
+            catalog.record_reads(con, branch, cand.versions, inputs or {})
         catalog.record_stats(con, stats, {cand.versions[k]: m for k, m in (version_metrics or {}).items()}, columns)
         catalog.mark_provisional(con, {cand.versions[k]: m for k, m in (provisional or {}).items()})
         entry = catalog.ledger(
@@ -463,6 +466,11 @@ def publish_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | Non
             if moved:
                 problems.append(f"{asset} {_keys(moved)} was published by something else after the branch staged it")
             targets[asset] = {k: v for k, (v, _, _) in sorted(parts.items())}
+        for asset, stale in sorted(catalog.stale_reads(con, branch).items()):
+            keys = sorted({k for k, _ in stale})
+            inputs = sorted({label for _, label in stale})
+            more = f" and {len(inputs) - 3} more" if len(inputs) > 3 else ""
+            problems.append(f"{asset} {_keys(keys)} read {', '.join(inputs[:3])}{more}, changed since it ran")
         if problems:
             ways.append(f"re-run those partitions in the branch (materialize --branch {branch})")
         if info["risk"] in REVIEWED_RISKS:

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 import backfill_assets as bfa
-from definitions import defs as reference
+import definitions
 from product_analytics.tables import MONTHLY_REVENUE_SQL, monthly_revenue_spec
 
 BUGGY_SQL = MONTHLY_REVENUE_SQL.replace("sum(net_revenue_usd)::", "(sum(net_revenue_usd) + $bug)::")
@@ -22,9 +22,9 @@ def _bug() -> dict:
 
 
 monthly = bfa.derived_asset(monthly_revenue_spec, BUGGY_SQL, deps=["revenue_daily"], params=_bug)
-defs = dg.Definitions(
-    assets=[a for a in reference.assets if getattr(a, "key", None) != monthly.key] + [monthly],
-    jobs=reference.jobs,
-    resources=reference.resources,
-    executor=reference.executor,
+defs = dg.Definitions(  # the reference's (only one Definitions may be named at module scope)
+    assets=[a for a in definitions.defs.assets if getattr(a, "key", None) != monthly.key] + [monthly],
+    jobs=definitions.defs.jobs,
+    resources=definitions.defs.resources,
+    executor=definitions.defs.executor,
 )

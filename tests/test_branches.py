@@ -108,6 +108,29 @@ def test_a_partition_published_after_the_branch_staged_it_is_a_conflict(con):
     assert consumers_read(con)[0] == expected_january_total(2)
 
 
+def january_total(gens: dict[int, int]) -> int:
+    """January's total when day d has generation gens.get(d, 1) (this file's model of the amounts)."""
+    return sum(gens.get(day, 1) * day + i for day in range(1, 32) for i in range(3))
+
+
+def test_a_branch_version_whose_input_changed_after_it_ran_is_a_conflict(con):
+    """monthly staged in the branch read the published payments; one day is published anew outside the branch, and
+    later a day is re-run in the branch: each time the month no longer adds up to what the branch would publish."""
+    run(con, monthly, MONTHLY_SQL, ["2025-01-01"], gen=2, inputs=month_inputs(), branch="fix")
+    assert run(con, payments, DAILY_SQL, ["2025-01-05"], gen=5).published  # someone else, outside the branch
+    after_other = consumers_read(con)
+    with pytest.raises(WarehouseError, match=r"monthly 2025-01-01 read payments 2025-01-05, changed since it ran"):
+        warehouse.publish_branch(con, "fix", "ana", None)
+    assert consumers_read(con) == after_other
+    run(con, monthly, MONTHLY_SQL, ["2025-01-01"], gen=3, inputs=month_inputs(), branch="fix")  # the way out
+    run(con, payments, DAILY_SQL, ["2025-01-07"], gen=7, branch="fix")  # the branch changes a day under the month
+    with pytest.raises(WarehouseError, match=r"monthly 2025-01-01 read payments 2025-01-07, changed since it ran"):
+        warehouse.publish_branch(con, "fix", "ana", None)
+    run(con, monthly, MONTHLY_SQL, ["2025-01-01"], gen=4, inputs=month_inputs(), branch="fix")
+    warehouse.publish_branch(con, "fix", "ana", None)
+    assert consumers_read(con) == (january_total({5: 5, 7: 7}),) * 2
+
+
 def test_only_the_reviewer_approves_and_a_metric_changing_branch_needs_the_approval(con):
     from backfill_assets import catalog
 
