@@ -88,6 +88,8 @@ def derived_asset(
                 branch=branch,
                 **_who_and_why(context.run),
             )
+            # a candidate kept aside (branch, parallel_version) is not what consumers read: Dagster is told that too
+            aside = {} if report.published or not report.passed else catalog.published_partitions(con, spec.name)
         # Every check gates the publish; Dagster is told only the outcomes of the checks it selected.
         results = _check_results(context, spec, report.outcomes)
         if not report.passed:
@@ -106,9 +108,16 @@ def derived_asset(
             f"(transform {report.transform_s:.2f}s, audit {report.audit_s:.2f}s)"
         )
         for key in keys:
-            context.add_asset_metadata(_partition_metadata(report, key), asset_key=spec.key, partition_key=key)
+            md = _partition_metadata(report, key)
+            if not report.published:
+                md.update(published=False, consumers_read=aside[key][0] if key in aside else "nothing published")
+            context.add_asset_metadata(md, asset_key=spec.key, partition_key=key)
         metadata = {**_run_metadata(report), "change_note": dg.MetadataValue.md(_change_note(spec, report, context))}
         yield dg.MaterializeResult(asset_key=spec.key, metadata=metadata, check_results=results)
+        if not report.published:  # the partition's latest materialization in Dagster is what consumers read again
+            kept = {k: aside[k] for k in keys if k in aside}
+            where = f"branch {context.run.tags[BRANCH_TAG]}" if report.outcome == "branch" else "a parallel candidate"
+            _report_published(context.instance, spec.name, kept, f"run {context.run.run_id[:8]} kept in {where}")
 
     return _asset
 
@@ -325,20 +334,30 @@ def report_pointer_changes(
     sent = 0
     for asset, versions in changes.items():
         published = catalog.published_partitions(con, asset)
-        for key in versions:
-            version, rows, content_hash = published[key]
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(
-                    asset_key=dg.AssetKey.from_user_string(asset),
-                    partition=key if key != catalog.OUTSIDE_WINDOW else None,
-                    description=f"{action}: consumers read version {version}" + (f" ({reason})" if reason else ""),
-                    metadata={"version": version, "content_hash": content_hash, "dagster/row_count": rows,
-                              "pointer_change": action},
-                    tags={DATA_VERSION_TAG: content_hash},
-                )
-            )  # fmt: skip
-            sent += 1
+        sent += _report_published(instance, asset, {k: published[k] for k in versions}, action, reason)
     return sent
+
+
+def _report_published(
+    instance: dg.DagsterInstance,
+    asset: str,
+    published: Mapping[str, tuple[int, int, str]],
+    action: str,
+    reason: str | None = None,
+) -> int:
+    """One runless materialization per partition of `published` (partition -> version, rows, content hash)."""
+    for key, (version, rows, content_hash) in published.items():
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=dg.AssetKey.from_user_string(asset),
+                partition=key if key != catalog.OUTSIDE_WINDOW else None,
+                description=f"{action}: consumers read version {version}" + (f" ({reason})" if reason else ""),
+                metadata={"version": version, "content_hash": content_hash, "dagster/row_count": rows,
+                          "pointer_change": action},
+                tags={DATA_VERSION_TAG: content_hash},
+            )
+        )  # fmt: skip
+    return len(published)
 
 
 class BranchDecision(dg.Config):

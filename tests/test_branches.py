@@ -292,10 +292,13 @@ def test_dagster_is_told_what_consumers_read_after_a_branch_publish_and_a_rollba
         return mine[0].asset_materialization.metadata["content_hash"].value, mine[0].run_id
 
     assert cli.main(["materialize", "--select", "payments", *day]) == 0
-    first_hash, _ = latest()
+    first_hash, first_run = latest()
     monkeypatch.setenv("GEN", "2")
     assert cli.main(["materialize", "--select", "payments", *day, "--branch", "fix"]) == 0
-    branch_hash, _ = latest()
+    assert latest() == (first_hash, "")  # the branch's run materialized a candidate; Dagster shows the published
+    with dg.DagsterInstance.get() as inst:
+        staged = [r for r in inst.get_runs() if r.tags.get("backfill_assets/branch") == "fix"]
+    branch_hash, _ = latest(staged[0].run_id)
     assert branch_hash != first_hash
     assert cli.main(["branch", "publish", "fix"]) == 0
     assert latest() == (branch_hash, "")  # a runless event: the branch's content, now published
