@@ -214,6 +214,11 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     if old and not had_history:
         with transaction(con):
             _history_from_ledger(con)
+    if old and con.execute(
+        "SELECT 1 FROM duckdb_views() WHERE database_name = current_database() AND schema_name = 'main' "
+        "AND view_name = '_bfa_source'"
+    ).fetchone():  # a transform's scratch view, which releases before this one left in the warehouse for everyone
+        con.execute("DROP VIEW main._bfa_source")
     con.execute(_PUBLISHED_METRIC)  # re-created each time: DuckDB binds a macro when it is created
 
 

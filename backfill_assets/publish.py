@@ -331,4 +331,6 @@ def _create_source_view(con, spec, transform, window, keys, params) -> None:
                 f"{spec.name}: the transform must return a DuckDB relation or a pandas DataFrame, "
                 f"not {type(rel).__name__}"
             )
-    rel.create_view(SOURCE_VIEW, replace=True)
+    # this connection's own (a relation's create_view would write a view into the warehouse file, for everyone)
+    con.execute(f"DROP VIEW IF EXISTS temp.main.{SOURCE_VIEW}")
+    con.register(SOURCE_VIEW, rel)

@@ -16,6 +16,7 @@ from backfill_assets import (
     TableSpec,
     WarehouseError,
     audit_published,
+    catalog,
     history,
     published_partitions,
 )
@@ -85,6 +86,21 @@ def test_publish_makes_rows_readable_and_records_the_ledger(con):
     assert (action, keys, rows) == ("publish", JAN_1_3, 9)
     assert '"unique_grain"' in checks and '"passed": true' in checks
     assert report.metrics_after["2025-01-02"]["total"] == 6
+
+
+def test_the_warehouse_file_holds_only_what_consumers_read_after_a_run(tmp_path):
+    """A run's scratch views stay on its connection: another connection to the file sees the table's view and
+    the pointer view in main, nothing else (a view of the last transform there would be read by anyone)."""
+    db = str(tmp_path / "w.duckdb")
+    with wh.connect(db) as c:
+        assert wap(c, make_spec(), GOOD_SQL).published
+    with duckdb.connect(db, read_only=True) as other:
+        views = other.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal")
+        assert sorted(v for (v,) in views.fetchall()) == ["_bfa_pointer", "orders"]
+    with duckdb.connect(db) as c:  # the view earlier releases left there goes when the catalog is next opened
+        c.execute("CREATE VIEW main._bfa_source AS SELECT 1 AS leaked")
+        catalog.ensure(c)
+        assert c.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = '_bfa_source'").fetchone() == (0,)
 
 
 def test_rerun_publishes_identical_content_without_duplicates(con):
