@@ -77,6 +77,7 @@ class Note:
     consumers: list[str] = field(default_factory=list)
     # unpartitioned assets downstream of the published tables: rebuilt whole, not versioned by backfill-assets
     unpartitioned: list[str] = field(default_factory=list)
+    pending: str = ""  # why nothing has been published yet (an open branch)
 
     def expected_changes(self) -> list[dict[str, Any]]:
         """The brief's expected changes, each with the actual relative move and a verdict."""
@@ -116,6 +117,7 @@ class Note:
                 "expected_changes": self.expected_changes(),
                 "consumers": self.consumers,
                 "unpartitioned": self.unpartitioned,
+                "pending": self.pending or None,
             },
             indent=2,
             sort_keys=True,
@@ -132,6 +134,8 @@ class Note:
                 f"**Who:** owner {b.get('owner')}, reviewed by {b.get('reviewer')}; risk: {b.get('risk')}",
                 "",
             ]
+        if self.pending:
+            lines += [f"**Not published yet:** {self.pending}.", ""]
         lines += ["## What changed", "", "| asset | published | held | checks |", "| --- | --- | --- | --- |"]
         for asset, info in sorted(self.assets.items()):
             lines.append(
@@ -210,22 +214,31 @@ def maintenance_notice(plan: Any, branch: str, who: str, reviewer: str | None) -
 
 
 def note_from_ledger(con: duckdb.DuckDBPyConnection, tag: str, value: str, title: str) -> Note:
-    """The note of every publish and hold whose run carried the tag `tag` = `value` (a backfill or brief)."""
+    """The note of every publish, hold and branch stage whose run carried the tag `tag` = `value` (a backfill, brief
+    or branch); a partition held and then published (or staged) by a later run counts as published."""
     note = Note(title)
+    failures: dict[str, list[str]] = {}
     before: dict[str, dict[str, Any]] = {}
     after: dict[str, dict[str, Any]] = {}
-    for entry in catalog.entries_tagged(con, tag, [value], ["publish", "hold"]):
+    for entry in catalog.entries_tagged(con, tag, [value], ["publish", "branch", "hold"]):
         asset, action = entry["asset"], entry["action"]
         info = note.assets.setdefault(asset, {"published": [], "held": [], "checks": "all passed"})
-        info["published" if action == "publish" else "held"] += entry["partition_keys"]
-        failed = [n for n, c in entry["checks"].items() if not c.passed and not c.warn]
+        keys = entry["partition_keys"]
+        if action == "hold":
+            info["held"] = sorted({*info["held"], *keys})
+        else:  # published, or staged in a branch (published with it): a later run that passes is no longer held
+            info["published"] = sorted({*info["published"], *keys})
+            info["held"] = [k for k in info["held"] if k not in keys]
+        failed = failures.setdefault(asset, [])
+        failed += [n for n, c in entry["checks"].items() if not c.passed and not c.warn and n not in failed]
         if failed:
-            info["checks"] = f"failed: {', '.join(failed)}"
+            names = ", ".join(failed)
+            info["checks"] = f"failed: {names}" if info["held"] else f"all passed (re-run after {names} failed)"
         m = entry["metrics"]
         mine_before, mine_after = before.setdefault(asset, {}), after.setdefault(asset, {})
         for key, values in m.get("before", {}).items():
             mine_before.setdefault(key, values)  # the first run's view of what was published before
-        if action == "publish":
+        if action != "hold":
             mine_after.update(m.get("after", {}))
     for asset in note.assets:
         note.changes += metric_changes(asset, before.get(asset, {}), after.get(asset, {}))

@@ -391,6 +391,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         notice = changes.maintenance_notice(result.plan, args.branch, who, str(brief["reviewer"]))
         told = launch.announce(args.url, result.plan, notice)
         print(f"Maintenance notice on {plural(told, 'asset')} of the blast radius (their tables and consumers)")
+    note = Path(args.out) / str(brief["id"]) / "before.md"
+    note.parent.mkdir(parents=True, exist_ok=True)
+    note.write_text(launch.before_the_run(brief, result.plan, backfill_id, args.branch))
+    print(f"Change note before the run: {note} (what will change, when, whom to tell)")
     print(f"Follow it in the UI: {args.url.rstrip('/')}/runs/b/{backfill_id}")
     if not args.wait:
         return EXIT_OK
@@ -644,13 +648,15 @@ def _metadata(node: Any, key: str) -> Any:
 def cmd_diff(args: argparse.Namespace) -> int:
     defs = load_definitions(args)
     node = _table_asset(defs, args.asset)
-    keys = _partition_keys(defs.resolve_asset_graph(), node, args)
+    keys = _partition_keys(defs.resolve_asset_graph(), node, args, required=not args.branch)
     grain = [c.strip() for c in str(_metadata(node, "grain")).split(",")]
     metrics = _metadata(node, "metrics") or {}
-    dates = {node.partitions_def.time_window_for_partition_key(k).start.date(): k for k in keys}
     con = _read_warehouse(defs, required=True)
     try:
-        pairs = history.diff_pairs(con, args.asset, keys, args.base, args.target)
+        if keys is None:  # the branch's partitions of the table
+            keys = sorted(catalog.branch_heads(con, args.branch).get(args.asset, {}))
+        dates = {node.partitions_def.time_window_for_partition_key(k).start.date(): k for k in keys}
+        pairs = history.diff_pairs(con, args.asset, keys, args.base, args.target, args.branch)
         result, moved = history.diff_versions(
             con, args.asset, grain, str(_metadata(node, "partition_column")), metrics, pairs, dates
         )
@@ -744,13 +750,21 @@ def cmd_notes(args: argparse.Namespace) -> int:
     con = _read_warehouse(defs)
     if con is None:
         raise UsageError("no warehouse with published data yet")
-    tag, value = ("backfill_assets/brief", args.brief) if args.brief else ("dagster/backfill", args.backfill)
+    which, tag, value = next(
+        (w, t, v)
+        for w, t, v in (("brief", BRIEF_TAG, args.brief), ("backfill", "dagster/backfill", args.backfill),
+                        ("branch", BRANCH_TAG, args.branch))
+        if v
+    )  # fmt: skip
     try:
-        note = changes.note_from_ledger(
-            con, tag, value, title=f"Change note: {'brief' if args.brief else 'backfill'} {value}"
-        )
-        if args.backfill and not args.brief:
-            brief_id = next(iter(catalog.tag_values(con, "backfill_assets/brief", "dagster/backfill", value)), None)
+        note = changes.note_from_ledger(con, tag, value, title=f"Change note: {which} {value}")
+        if which == "branch":
+            info = catalog.branch_info(con, value) or {}
+            brief_id = info.get("brief")
+            if info.get("state") == "open":
+                note.pending = f"branch {value} is open: this is what will change when it publishes"
+        elif which == "backfill":
+            brief_id = next(iter(catalog.tag_values(con, BRIEF_TAG, "dagster/backfill", value)), None)
         else:
             brief_id = args.brief
     finally:
@@ -918,6 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     lau.add_argument("--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})")
     lau.add_argument("--wait", action="store_true", help="show progress until the backfill ends, then a summary")
     lau.add_argument("--branch", help="stage the backfill in this branch, published later with branch publish")
+    lau.add_argument("--out", default="notes", help="folder for the change note before the run (default notes/)")
     lau.add_argument("--poll-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     lau.set_defaults(func=cmd_launch)
 
@@ -980,6 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dif.add_argument("--base", help="version number, published, previous or held (default: see the docs)")
     dif.add_argument("--target", help="version number, published, previous or held")
+    dif.add_argument("--branch", help="compare what is published with the branch's versions (default: its partitions)")
     dif.add_argument("--json", action="store_true", help="print JSON")
     cut = table_command("cutover", "publish parallel candidates (write_strategy parallel_version)", cmd_cutover)
     cut.add_argument("--reason", default="cutover requested on the command line", help="recorded in the ledger")
@@ -997,6 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = notes.add_mutually_exclusive_group(required=True)
     which.add_argument("--brief", help="the brief id (its runs are tagged backfill_assets/brief)")
     which.add_argument("--backfill", help="the Dagster backfill id")
+    which.add_argument("--branch", help="the branch id (open: what will change when it publishes)")
     notes.add_argument("--format", choices=("md", "json"), default="md")
     notes.add_argument("--out", default="notes", help="folder for note.md and the charts (default notes/)")
     _add_target(notes)

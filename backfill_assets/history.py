@@ -286,20 +286,30 @@ def vacuum(con: duckdb.DuckDBPyConnection, candidates: Sequence[Mapping[str, Any
 
 
 def diff_pairs(
-    con: duckdb.DuckDBPyConnection, asset: str, keys: Sequence[str], base: str | None = None, target: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    asset: str,
+    keys: Sequence[str],
+    base: str | None = None,
+    target: str | None = None,
+    branch: str | None = None,
 ) -> dict[str, tuple[int, int]]:
     """partition -> (base version, target version) to compare.
 
-    By default: published vs the newest held or parallel candidate when there is one, else the previous
-    version vs the published one (what the last publish changed). `base`/`target` may name a version
-    number (with one partition) or one of ``published``, ``previous``, ``held``.
+    By default: published vs the newest held or parallel candidate when there is one (in a `branch`: the
+    branch's version), else the previous version vs the published one (what the last publish changed).
+    `base`/`target` may name a version number (with one partition) or one of ``published``, ``previous``,
+    ``held`` (in a branch: the branch's version).
     """
     if ((base or "").isdigit() or (target or "").isdigit()) and len(keys) != 1:
         raise HistoryError("version numbers name one version, so give one --partition")
     published = published_versions(con, asset)
     pairs = {}
     waiting: dict[str, int] = {}  # partition -> its newest held or parallel candidate newer than published
-    for status in ("held", "candidate"):
+    if branch is not None:
+        waiting = {k: v for k, (v, _, _) in catalog.branch_heads(con, branch).get(asset, {}).items()}
+        if not waiting:
+            raise HistoryError(f"branch {branch} has no version of {asset}")
+    for status in ("held", "candidate") if branch is None else ():
         for k, v in catalog.newest_pending(con, asset, status).items():
             waiting[k] = max(v, waiting.get(k, 0))
     for key in keys:

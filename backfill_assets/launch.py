@@ -133,6 +133,37 @@ def describe(brief: dict[str, Any], plan: planning.Plan) -> str:
     return "\n".join(lines)
 
 
+def before_the_run(brief: dict[str, Any], plan: planning.Plan, backfill_id: str, branch: str | None) -> str:
+    """The change note "before the run", in markdown: what will change, when, and whom to tell."""
+    seconds = plan.totals()["estimated_seconds"]
+    took = f"about {planning.duration(seconds)}" if seconds is not None else "no estimate yet (no earlier runs)"
+    if branch:
+        when = (
+            f"Nothing consumers read changes while it runs: it stages in branch {branch}, which publishes every "
+            f"table at once after review by {brief['reviewer']}"
+        )
+    else:
+        when = "Each table changes as its runs pass their checks"
+    tell = sorted({*plan.notify(), *map(str, brief.get("stakeholders") or [])})
+    lines = [
+        f"# Before the run: {brief['title']} ({brief['id']})",
+        "",
+        f"**When:** Dagster backfill {backfill_id}, launched {catalog.now():%Y-%m-%d %H:%M} UTC; {took}. {when}.",
+        "",
+        describe(brief, plan),
+        "",
+        "## Expected changes",
+        "",
+        *[f"- {e['asset']}.{e['metric']}: within ±{float(e['max_relative_change']):.0%}"
+          for e in brief.get("expected_changes") or []],
+        "",
+        "## Tell",
+        "",
+        *[f"- {who}" for who in tell],
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def scope(plan: planning.Plan) -> str:
     """ "4 partitions of 2 assets and 1 unpartitioned asset": what a launch targets."""
     t = plan.totals()

@@ -617,7 +617,7 @@ def render(plan: Plan) -> str:
                 f"{_preview(i.partitions)} ({i.partition_count})" if i.partitioned else WHOLE,
                 "-" if i.rows_published is None or not i.derived else f"{i.rows_published:,}",
                 f"{published} -> {i.code_version}" if i.derived else f"plain asset, code {i.code_version or '-'}",
-                _duration(i.estimated_seconds) if i.derived else "-",
+                duration(i.estimated_seconds) if i.derived else "-",
                 ", ".join(i.owners),
             )
         )
@@ -636,7 +636,7 @@ def render(plan: Plan) -> str:
     lines += [
         "",
         f"Totals: {t['assets']} assets, {t['partitions']:,} partitions{whole}, {t['rows_published']:,} rows "
-        f"published now, estimated {_duration(t['estimated_seconds'])} of transform + audit time "
+        f"published now, estimated {duration(t['estimated_seconds'])} of transform + audit time "
         f"(run start-up{plain} not included)",
         f"Notify: {', '.join(plan.notify()) or 'nobody'}",
     ]
@@ -652,7 +652,7 @@ def _preview(ranges: Sequence[str], n: int = 3) -> str:
     return ", ".join(ranges[:n]) + (f" +{len(ranges) - n} ranges" if len(ranges) > n else "") if ranges else "-"
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
     return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}min"

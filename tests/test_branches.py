@@ -2,7 +2,9 @@
 a monthly table over it, written with the public engine. What consumers must read comes from this file's own
 model (which generation of the daily amounts is published), never from the library."""
 
+import json
 import threading
+from decimal import Decimal
 
 import dagster as dg
 import duckdb
@@ -231,6 +233,19 @@ def test_the_cli_stages_a_backfill_in_a_branch_and_publishes_it_as_one(tmp_path,
     assert cli.main(["branch", "show", "fix"]) == 0
     shown = capsys.readouterr().out
     assert "fix: open" in shown and "payments: 2025-01-01..2025-01-31 (31 partitions)" in shown, shown
+    assert cli.main(["diff", "payments", "--branch", "fix", "--json"]) == 0  # published vs the branch, every day
+    diffed = json.loads(capsys.readouterr().out)
+    assert len(diffed["versions"]) == 31 and diffed["diff"]["matched"] == diffed["diff"]["partial_matches"] == 31 * 3
+    (amount,) = diffed["metrics"]
+    assert Decimal(str(amount["delta"])) == expected_january_total(2) - expected_january_total(1)
+    assert cli.main(["notes", "--branch", "fix", "--format", "json", "--out", str(tmp_path / "notes")]) == 0
+    note = json.loads(capsys.readouterr().out)
+    assert "branch fix is open" in note["pending"] and len(note["assets"]["payments"]["published"]) == 31
+    amounts = {
+        (m["asset"], m["metric"]): (Decimal(str(m["before"])), Decimal(str(m["after"]))) for m in note["metrics"]
+    }
+    assert amounts[("payments", "amount")] == (expected_january_total(1), expected_january_total(2))
+    assert amounts[("monthly", "total")] == (expected_january_total(1), expected_january_total(2))
     assert cli.main(["branch", "approve", "fix"]) == 2  # --by and --reason are required
     assert cli.main(["branch", "publish", "fix", "--by", "ana"]) == 0
     assert "published in one transaction" in capsys.readouterr().out

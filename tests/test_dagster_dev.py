@@ -202,10 +202,16 @@ def test_the_refunds_fix_in_a_branch_with_a_failing_month_changes_nothing_until_
     bug_switch = Path(env["BACKFILL_ASSETS_MONTHLY_BUG"])
     bug_switch.touch()
     brief = "backfills/refunds-fix-2025q1.yaml"
+    notes = dagster_dev.db.parent / "notes"
     out = helpers.run_cli_fails(
-        env, "launch", brief, "--url", url, "--branch", "refunds-q1", "--wait", "--poll-seconds", "1", timeout_s=600
-    )
+        env, "launch", brief, "--url", url, "--branch", "refunds-q1", "--out", str(notes), "--wait",
+        "--poll-seconds", "1", timeout_s=600,
+    )  # fmt: skip
     assert "into branch refunds-q1" in out and "Maintenance notice on 3 assets" in out, out
+    before_the_run = (notes / "refunds-fix-2025q1" / "before.md").read_text()
+    for says in ("stages in branch refunds-q1", "after review by head-of-data@example.com",
+                 "| revenue_daily | selected | 2025-01-01..2025-03-31 (90) |", "- team:finance"):  # fmt: skip
+        assert says in before_the_run, before_the_run
     assert "revenue_daily                90        90     0      0" in out, out
     assert "monthly_revenue               3         0     3" in out, out
     assert consumers_views(dagster_dev.db) == before  # not a row consumers read has changed
