@@ -384,22 +384,29 @@ def cmd_launch(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise warehouse.BranchError(str(e)) from None
     backfill_id = launch.launch(args.url, brief, result.plan, args.branch)
+    say = sys.stderr if args.json else sys.stdout  # --json: the JSON alone on stdout
     where = f" into branch {args.branch}" if args.branch else ""
-    print(f"Launched backfill {backfill_id} for brief {brief['id']}{where}: {launch.scope(result.plan)}")
+    print(f"Launched backfill {backfill_id} for brief {brief['id']}{where}: {launch.scope(result.plan)}", file=say)
+    told = 0
     if args.branch:
         who = f"backfill brief {brief['id']} ({brief['title']})"
         notice = changes.maintenance_notice(result.plan, args.branch, who, str(brief["reviewer"]))
         told = launch.announce(args.url, result.plan, notice)
-        print(f"Maintenance notice on {plural(told, 'asset')} of the blast radius (their tables and consumers)")
+        print(f"Maintenance notice on {plural(told, 'asset')} of the blast radius (tables and consumers)", file=say)
     note = Path(args.out) / str(brief["id"]) / "before.md"
     note.parent.mkdir(parents=True, exist_ok=True)
     note.write_text(launch.before_the_run(brief, result.plan, backfill_id, args.branch))
-    print(f"Change note before the run: {note} (what will change, when, whom to tell)")
-    print(f"Follow it in the UI: {args.url.rstrip('/')}/runs/b/{backfill_id}")
-    if not args.wait:
-        return EXIT_OK
-    state = _wait(args.url, backfill_id, args.poll_seconds)
-    return _print_status(defs, state, args.url)
+    ui = f"{args.url.rstrip('/')}/runs/b/{backfill_id}"
+    print(f"Change note before the run: {note} (what will change, when, whom to tell)", file=say)
+    print(f"Follow it in the UI: {ui}", file=say)
+    state = _wait(args.url, backfill_id, args.poll_seconds, args.branch, say) if args.wait else None
+    if args.json:
+        launched = {"backfill_id": backfill_id, "brief": brief["id"], "branch": args.branch, "url": ui,
+                    "scope": launch.scope(result.plan), "notified_assets": told, "before_the_run": str(note),
+                    "status": state}  # fmt: skip
+        print(json.dumps(launched, indent=2, sort_keys=True))
+        return EXIT_OK if state is None or state["status"] == "COMPLETED_SUCCESS" else EXIT_HELD
+    return EXIT_OK if state is None else _print_status(defs, state, args.url)
 
 
 def cmd_try(args: argparse.Namespace) -> int:
@@ -470,14 +477,14 @@ def _slice(text: str) -> tuple[dt.date, dt.date]:
     return start, end
 
 
-def _wait(url: str, backfill_id: str, poll_seconds: float) -> dict[str, Any]:
-    last = None
+def _wait(url: str, backfill_id: str, poll_seconds: float, branch: str | None = None, out=None) -> dict[str, Any]:
+    last, verb = None, "staged" if branch else "published"
     while True:
         state = launch.status(url, backfill_id)
         done, failed, total = launch.progress(state)
-        line = f"{_bar(done + failed, total)} {done}/{total} partitions published, {failed} failed, {state['status']}"
+        line = f"{_bar(done + failed, total)} {done}/{total} partitions {verb}, {failed} failed, {state['status']}"
         if line != last:
-            print(line, flush=True)
+            print(line, flush=True, file=out or sys.stdout)
             last = line
         if state["status"] in launch.DONE:
             return state
@@ -933,6 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
     lau.add_argument("--wait", action="store_true", help="show progress until the backfill ends, then a summary")
     lau.add_argument("--branch", help="stage the backfill in this branch, published later with branch publish")
     lau.add_argument("--out", default="notes", help="folder for the change note before the run (default notes/)")
+    lau.add_argument("--json", action="store_true", help="print JSON: the backfill, its branch, the note (and status)")
     lau.add_argument("--poll-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     lau.set_defaults(func=cmd_launch)
 

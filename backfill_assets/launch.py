@@ -136,7 +136,11 @@ def describe(brief: dict[str, Any], plan: planning.Plan) -> str:
 def before_the_run(brief: dict[str, Any], plan: planning.Plan, backfill_id: str, branch: str | None) -> str:
     """The change note "before the run", in markdown: what will change, when, and whom to tell."""
     seconds = plan.totals()["estimated_seconds"]
-    took = f"about {planning.duration(seconds)}" if seconds is not None else "no estimate yet (no earlier runs)"
+    took = (
+        f"estimated {planning.duration(seconds)} of transform + audit time"
+        if seconds is not None
+        else "no estimate yet (no earlier runs)"
+    )
     if branch:
         when = (
             f"Nothing consumers read changes while it runs: it stages in branch {branch}, which publishes every "

@@ -1,7 +1,9 @@
 """Backfill briefs: the preflight gate, and launch/status refusing clearly."""
 
+import json
 from pathlib import Path
 
+import duckdb
 import pytest
 import yaml
 
@@ -145,3 +147,31 @@ def test_preflight_names_partitions_whose_inputs_are_neither_published_nor_rebui
     assert code == cli.EXIT_HELD
     assert "inputs: partitions would be refused, reading unpublished upstream partitions: " in out
     assert "revenue_daily 2025-02-01, 2025-02-02, 2025-02-03 ..." in out
+
+
+def test_launch_json_names_the_backfill_its_branch_and_the_note_before_the_run(january, monkeypatch, capsys):
+    """`launch --json` against a stand-in for Dagster's GraphQL: the JSON alone on stdout, and the note before the
+    run says what will change (the brief's scope and what it reaches) and that it stages in the branch."""
+    from backfill_assets import catalog, launch
+
+    def dagster(url, query, variables):
+        if "launchPartitionBackfill" in query:
+            return {"launchPartitionBackfill": {"__typename": "LaunchBackfillSuccess", "backfillId": "bf1"}}
+        return {"reportRunlessAssetEvents": {"__typename": "ReportRunlessAssetEventsSuccess"}}
+
+    monkeypatch.setattr(launch, "graphql", dagster)
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(january))
+    scope = {"select": "key:revenue_daily", "from": "2025-01-20", "to": "2025-01-31"}
+    brief = write_brief(january.parent, scope=scope)
+    notes = january.parent / "notes"
+    code = cli.main(["launch", brief, "-f", DEFINITIONS, "--branch", "b1", "--json", "--out", str(notes)])
+    out = capsys.readouterr().out
+    assert code == cli.EXIT_OK
+    launched = json.loads(out)  # nothing but the JSON on stdout
+    # revenue_daily's 12 days reach January of monthly_revenue and the finance dashboard reading both
+    assert (launched["backfill_id"], launched["branch"], launched["notified_assets"]) == ("bf1", "b1", 3)
+    before = Path(launched["before_the_run"]).read_text()
+    assert "it stages in branch b1" in before and "| revenue_daily | selected | 2025-01-20..2025-01-31 (12) |" in before
+    assert "| monthly_revenue | downstream (1) of revenue_daily | 2025-01-01 (1) |" in before
+    with duckdb.connect(str(january), read_only=True) as con:
+        assert catalog.branch_info(con, "b1")["reviewer"] == "head-of-data@example.com"
