@@ -128,14 +128,15 @@ def write_audit_publish(
     overlay = warehouse.branch_overlay(con, branch, spec.name) if branch else []
     try:
         return _write_audit_publish(
-            con, spec, transform, partition_keys, run_id, params, record, actor, reason, log, inputs, branch
-        )
+            con, spec, transform, partition_keys, run_id, params, record, actor, reason, log, inputs, branch,
+            warehouse.BRANCH_SELF if warehouse.BRANCH_SELF in overlay else None,
+        )  # fmt: skip
     finally:
         warehouse.drop_overlay(con, overlay)
 
 
 def _write_audit_publish(
-    con, spec, transform, partition_keys, run_id, params, record, actor, reason, log, inputs, branch
+    con, spec, transform, partition_keys, run_id, params, record, actor, reason, log, inputs, branch, table_view
 ) -> RunReport:
     gate, provisional = audit.check_inputs(con, spec, inputs or {}, branch)
     if gate.blocks:
@@ -182,6 +183,7 @@ def _write_audit_publish(
             profile={k: profile[v] for k, v in cand.versions.items() if v in profile},
             stray_rows=stats[cand.stray_version][0],
             columns=produced,
+            table_view=table_view,
         )
         t2 = time.perf_counter()
         outcomes.insert(0, gate)
@@ -287,7 +289,18 @@ def _stage(con, spec, transform, cand, windows, params) -> list[tuple[str, str]]
 
 
 def _audit(
-    con, spec, params, slices, *, rows, previous_rows, profile, stray_rows=0, columns=None, cross_partition=True
+    con,
+    spec,
+    params,
+    slices,
+    *,
+    rows,
+    previous_rows,
+    profile,
+    stray_rows=0,
+    columns=None,
+    cross_partition=True,
+    table_view=None,  # the table's other partitions as the run sees them (in a branch: the branch's), not main's
 ):
     by_date = {start: k for part in slices for k, start, _ in part}
     after = {d: audit.profiled_metrics(profile[k]) for d, k in by_date.items() if k in profile and spec.metrics}
@@ -300,7 +313,8 @@ def _audit(
         outcomes.append(check(*args))
         outcomes[-1].seconds = time.perf_counter() - started
 
-    published = f"main.{quote_ident(spec.name)}" if cross_partition and warehouse.table_exists(con, spec.name) else None
+    published = table_view or f"main.{quote_ident(spec.name)}"
+    published = published if cross_partition and warehouse.table_exists(con, spec.name) else None
     run(audit.check_unique, con, spec, null_keys, published)
     run(audit.check_complete, spec, rows, previous_rows, profile, stray_rows)
     if spec.rules:

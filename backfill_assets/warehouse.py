@@ -536,11 +536,15 @@ def _keys(keys: Sequence[str]) -> str:
     return keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]} ({len(keys)} partitions)"
 
 
+BRANCH_SELF = "_bfa_branch_self"  # in a branch run: the table being written, as the branch would publish it
+
+
 def branch_overlay(con: duckdb.DuckDBPyConnection, branch: str, skip: str) -> list[str]:
-    """Temp views, on this connection only, that show each table with versions in `branch` (but `skip`, the
-    table being written) as the branch would publish it: its branch version where it has one, else what is
-    published, and the pointer ``bfa.published_metric`` reads. They shadow ``main.<table>`` for the run's transform
-    and checks; returns their names."""
+    """Temp views, on this connection only, that show each table with versions in `branch` as the branch would
+    publish it: its branch version where it has one, else what is published, and the pointer
+    ``bfa.published_metric`` reads. They shadow ``main.<table>`` for the run's transform and checks, but `skip`,
+    the table being written, which is shown as :data:`BRANCH_SELF` (its uniqueness check reads its other
+    partitions there); returns their names."""
     names = []
     heads = catalog.branch_heads(con, branch)
     staged = [(a, k, v) for a, parts in heads.items() for k, (v, status, _) in parts.items() if status == "branched"]
@@ -557,17 +561,16 @@ def branch_overlay(con: duckdb.DuckDBPyConnection, branch: str, skip: str) -> li
     )
     names.append(catalog.POINTER_VIEW)
     for asset, parts in heads.items():
-        if asset == skip:
-            continue
         published = {k: v for k, (v, _, _) in catalog.published_partitions(con, asset).items()}
         staged = {k: v for k, (v, status, _) in parts.items() if status == "branched"}
         versions = sorted({**published, **staged}.values())
         columns = _select_list(columns_of(con, asset, versions))
+        name = BRANCH_SELF if asset == skip else asset  # the table being written keeps its main view
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {quote_ident(asset)} AS SELECT {columns} "
+            f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT {columns} "
             f"FROM {version_table(asset)} WHERE {_version_filter(versions)}"
         )
-        names.append(asset)
+        names.append(name)
     return names
 
 

@@ -578,3 +578,38 @@ def test_the_run_that_opens_a_branch_tells_dagster_once(tmp_path):
         ).success  # fmt: skip
     seen = notices(instance, "payments")
     assert len(seen) == 1 and "staging in branch fix and will change payments 2025-01-05." in seen[0], seen
+
+
+EVENTS_SQL = """
+SELECT day, id FROM (
+    SELECT (DATE '2025-01-05' + 10 * $moved)::DATE AS day, 'e1' AS id
+    UNION ALL SELECT DATE '2025-01-03', 'e9' WHERE $dup = 1
+    UNION ALL SELECT DATE '2025-01-12', 'e9' WHERE $dup = 1
+    UNION ALL SELECT d::DATE, 'day-' || strftime(d, '%d')
+    FROM range(DATE '2025-01-01', DATE '2025-01-21', INTERVAL 1 DAY) r(d)
+) WHERE day >= $start AND day < $end
+"""
+events = TableSpec(
+    name="events", partitions=DAILY, partition_column="day", grain=["id"], columns={}, code_version="1",
+    max_row_change=10.0,
+)  # fmt: skip
+FIRST_TEN, SECOND_TEN = JANUARY[:10], JANUARY[10:20]
+
+
+@pytest.mark.parametrize("moved, dup, passes", [(1, 0, True), (0, 1, False)], ids=["key-moved", "key-twice"])
+def test_a_branch_run_checks_its_keys_against_the_branch_not_only_the_published_table(con, moved, dup, passes):
+    """A key unique across partitions, written in two runs of one branch: moved from the 5th to the 15th by the
+    fix, it is unique in what the branch publishes; added on the 3rd and on the 12th, it is a duplicate there."""
+    assert write_audit_publish(
+        con, events, EVENTS_SQL, FIRST_TEN + SECOND_TEN, run_id="p", params={"moved": 0, "dup": 0}
+    ).published
+    first = write_audit_publish(
+        con, events, EVENTS_SQL, FIRST_TEN, run_id="b1", params={"moved": moved, "dup": dup}, branch="fix"
+    )
+    second = write_audit_publish(
+        con, events, EVENTS_SQL, SECOND_TEN, run_id="b2", params={"moved": moved, "dup": dup}, branch="fix"
+    )
+    assert first.outcome == "branch"
+    assert second.outcome == ("branch" if passes else "hold"), second.failure_message()
+    if not passes:
+        assert "e9" in str(next(o for o in second.outcomes if o.name == "unique_grain").failures)
