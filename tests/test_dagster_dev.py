@@ -218,7 +218,7 @@ def test_the_refunds_fix_in_a_branch_with_a_failing_month_changes_nothing_until_
     notices = helpers.graphql(url, OBSERVATIONS, {"path": ["consumers", "finance_revenue_dashboard"]})
     assert "branch refunds-q1" in notices["assetOrError"]["assetObservations"][0]["description"]
     refused = helpers.run_cli_fails(env, "branch", "publish", "refunds-q1")
-    assert "monthly_revenue 2025-01-01..2025-03-01 is held or still running in the branch" in refused, refused
+    assert "monthly_revenue 2025-01-01..2025-03-01 (3 partitions) is held or still running in the branch" in refused
     assert "must be approved by its reviewer head-of-data@example.com" in refused, refused
     assert consumers_views(dagster_dev.db) == before
 
