@@ -262,7 +262,7 @@ def _run_metadata(report: RunReport) -> dict[str, Any]:
     outcomes = {
         "publish": "published",
         "candidate": "parallel candidate: publish with backfill-assets cutover",
-        "branch": "staged in a branch: publish it with backfill-assets publish",
+        "branch": "staged in a branch: publish it with backfill-assets branch publish ID or the job branch_decision",
     }
     return {
         "outcome": outcomes[report.outcome],

@@ -55,6 +55,19 @@ query($runId: ID!) {
     }
   }
 }"""
+ASSET_EVENTS = """
+query($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset {
+      assetObservations(limit: 1) { runId description }
+      assetMaterializations(limit: 1) {
+        runId partition description
+        metadataEntries { label ... on TextMetadataEntry { text } ... on IntMetadataEntry { intValue } }
+      }
+    }
+  }
+}"""
 BUSY = """
 query($statuses: [RunStatus!]) {
   runsOrError(filter: {statuses: $statuses}) { ... on Runs { results { runId status } } }
@@ -191,6 +204,19 @@ def wait_for_run(url: str, run_id: str, timeout_s: float = 300, poll_s: float = 
 
 def run_events(url: str, run_id: str) -> list[dict]:
     return graphql(url, RUN_EVENTS, {"runId": run_id})["logsForRun"]["events"]
+
+
+def latest_asset_events(url: str, asset: str) -> dict:
+    """Dagster's newest observation and materialization of `asset` (e.g. "consumers/finance_revenue_dashboard"),
+    each None when there is none; a materialization's metadata as a dict label -> value."""
+    found = graphql(url, ASSET_EVENTS, {"key": {"path": asset.split("/")}})["assetOrError"]
+    assert found["__typename"] == "Asset", found
+    observations, materializations = found["assetObservations"], found["assetMaterializations"]
+    materialization = materializations[0] if materializations else None
+    if materialization is not None:
+        entries = materialization.pop("metadataEntries")
+        materialization["metadata"] = {e["label"]: e.get("text", e.get("intValue")) for e in entries}
+    return {"observation": observations[0] if observations else None, "materialization": materialization}
 
 
 def assert_idle(url: str) -> None:

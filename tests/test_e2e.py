@@ -14,8 +14,14 @@ One `dagster dev` serves the whole module, on a warehouse seeded with the code f
 5. a broken source day: the re-run is held on `complete`, its figures and sample rows are in the UI, and the
    published data is byte-for-byte what it was;
 6. revenue_daily's lineage shows its upstream, downstream and consumers;
-7. the refunds-fix brief launched with the CLI: its backfill's page shows the blast radius, and the change note
-   of the publish renders on revenue_daily's page.
+7. a backfill in a branch, all by clicking: revenue_daily and monthly_revenue selected in the graph, February in
+   the launch dialog and the run tag `backfill_assets/branch` added under its *Tags*; consumers read exactly what
+   they read before, the consumer's Events tab shows the maintenance notice naming the branch, the job
+   branch_decision publishes it from its Launchpad, and consumers then read the fixed February (refunds
+   subtracted) whose content hash revenue_daily's and monthly_revenue's pages show;
+8. the refunds-fix brief launched with the CLI over all of Q1 (February is fixed already: January and March
+   still change): its backfill's page shows the blast radius, and the change note of the publish renders on
+   revenue_daily's page.
 
 Screenshots of every step go to $BACKFILL_ASSETS_E2E_ARTIFACTS (or a pytest temporary directory), plus one of
 the page as it was when a step failed.
@@ -38,6 +44,7 @@ from dagster_helpers import (
     dagster_dev,
     dagster_env,
     graphql,
+    latest_asset_events,
     run_cli,
     run_events,
     wait_for_backfill,
@@ -75,6 +82,13 @@ APRIL = [str(date(2025, 4, 1) + timedelta(days=i)) for i in range(7)]
 BROKEN_DAY = "2025-04-03"
 BRIEF = "refunds-fix-2025q1"
 SEEDED = ("2025-01-01", "2025-03-31")  # the brief's scope
+FEBRUARY = [str(date(2025, 2, 1) + timedelta(days=i)) for i in range(28)]  # still the legacy code's data at step 7
+BRANCH_TAG = "backfill_assets/branch"  # the run tag that stages a run's versions into a branch
+BRANCH = "feb-refunds"
+PUBLISHER = "ana"
+CONSUMER = "consumers/finance_revenue_dashboard"  # reads revenue_daily and monthly_revenue
+# The columns consumers read, in a fixed order (the views' rows compared whole, before and after).
+REVENUE_COLUMNS = "currency, purchases, refunds, gross_revenue_usd, refunds_usd, net_revenue_usd"
 
 RECENT_RUNS = """
 query { runsOrError(limit: 20) { ... on Runs { results { runId } } } }"""
@@ -180,8 +194,10 @@ def open_global_lineage(page: Page, url: str) -> None:
     page.get_by_role("button", name="panel_show_right", exact=True).click()  # the asset tree: the graph only
 
 
-def choose_partitions(dialog, selection: str, expected: str) -> None:
-    """Type a partition selection into the launch dialog, looking at all partitions, not the last 90 days."""
+def choose_partitions(dialog, selection: str, expected: str | None = None) -> None:
+    """Type a partition selection into the launch dialog, looking at all partitions, not the last 90 days.
+    `expected`: the partition count the dialog then shows (it shows none for assets partitioned differently, e.g.
+    daily and monthly: it then picks the upstream asset's partitions only)."""
     window = dialog.get_by_role("button", name=re.compile(r"^(Last 90 days|All time)\b"))
     expect(window).to_be_visible()
     if window.inner_text().strip() != "All time":
@@ -190,7 +206,8 @@ def choose_partitions(dialog, selection: str, expected: str) -> None:
     box = dialog.get_by_role("textbox").first
     box.fill(selection)
     box.press("Enter")
-    expect(dialog.get_by_text(expected, exact=True)).to_be_visible()
+    if expected is not None:
+        expect(dialog.get_by_text(expected, exact=True)).to_be_visible()
 
 
 def launched_run(page: Page, url: str) -> str:
@@ -237,6 +254,55 @@ def published_snapshot(con, asset: str) -> dict[str, tuple]:
     published = bfa.published_partitions(con, asset)
     actual = wh.version_stats(con, asset, [v for v, _, _ in published.values()])
     return {k: (v, n, h, *actual[v]) for k, (v, n, h) in published.items()}
+
+
+def consumers_read(con) -> dict[str, list[tuple]]:
+    """Every row of the two views the finance dashboard reads, main.revenue_daily and main.monthly_revenue, in one
+    order: what consumers read, compared whole."""
+    return {
+        "revenue_daily": con.execute(
+            f"SELECT revenue_date, {REVENUE_COLUMNS} FROM main.revenue_daily ORDER BY ALL"
+        ).fetchall(),
+        "monthly_revenue": con.execute(
+            f"SELECT month_start, {REVENUE_COLUMNS} FROM main.monthly_revenue ORDER BY ALL"
+        ).fetchall(),
+    }
+
+
+def fixed_february(con) -> list[tuple]:
+    """February as the refunds fix must publish it, from the clean events consumers read (not from the code under
+    test): per day and currency, purchases and refunds issued that day, gross, refunds, net = gross - refunds."""
+    return con.execute(
+        """
+        SELECT event_date, currency,
+               count(*) FILTER (WHERE event_type = 'purchase'), count(*) FILTER (WHERE event_type = 'refund'),
+               coalesce(sum(amount_usd) FILTER (WHERE event_type = 'purchase'), 0)::DECIMAL(18, 2) AS gross,
+               coalesce(sum(amount_usd) FILTER (WHERE event_type = 'refund'), 0)::DECIMAL(18, 2) AS refunded,
+               gross - refunded
+        FROM main.events_clean
+        WHERE event_date BETWEEN ? AND ? AND event_type IN ('purchase', 'refund')
+        GROUP BY 1, 2 ORDER BY ALL""",
+        [FEBRUARY[0], FEBRUARY[-1]],
+    ).fetchall()
+
+
+def in_february(rows: list[tuple], inside: bool = True) -> list[tuple]:
+    """The rows of consumers_read (first column the date) whose date is (or is not) in February 2025."""
+    return [r for r in rows if (FEBRUARY[0] <= str(r[0]) <= FEBRUARY[-1]) == inside]
+
+
+def totals(rows: list[tuple]) -> tuple[Decimal, Decimal, Decimal]:
+    """Gross, refunds and net revenue (USD) of rows of consumers_read."""
+    return tuple(sum((r[i] for r in rows), Decimal(0)) for i in (4, 5, 6))
+
+
+def set_editor_text(page: Page, editor, text: str) -> None:
+    """Replace the text of a CodeMirror editor (the launchpad's config) as a paste would: typed keys would be
+    auto-indented and auto-completed."""
+    editor.click()
+    page.keyboard.press("ControlOrMeta+A")
+    page.keyboard.insert_text(text)
+    assert editor.evaluate("e => e.CodeMirror.getValue()") == text
 
 
 # --- the steps -------------------------------------------------------------------------------------
@@ -457,7 +523,186 @@ def test_6_revenue_daily_lineage_shows_upstream_downstream_and_consumers(dev, pa
     expect_graph(page, {"raw_events", "events_clean", "revenue_daily"})
 
 
-def test_7_the_brief_blast_radius_and_change_note_render_in_the_ui(dev, page, artifacts):
+def test_7_a_backfill_in_a_branch_is_launched_from_the_dialog_announced_and_published_from_the_ui(dev, page, artifacts):
+    assert_idle(dev.url)
+    con = duckdb.connect(str(dev.db), read_only=True)
+    try:
+        before = consumers_read(con)
+        fixed = fixed_february(con)
+    finally:
+        con.close()
+    # February still holds the legacy code's figures: no refunds, net = gross; the fix subtracts real refunds.
+    legacy = in_february(before["revenue_daily"])
+    assert len({r[0] for r in legacy}) == len(FEBRUARY)
+    assert all(r[3] == 0 and r[5] == 0 and r[6] == r[4] for r in legacy), legacy
+    assert {(r[0], r[1]): r[4] for r in legacy} == {(r[0], r[1]): r[4] for r in fixed if r[2]}
+    assert totals(fixed)[1] > 0
+
+    # revenue_daily and monthly_revenue selected in the graph (monthly_revenue first: the sidebar a single
+    # selection opens would cover it), February typed into the launch dialog, the branch tag added under Tags.
+    open_global_lineage(page, dev.url)
+    node(page, "monthly_revenue").click()
+    node(page, "revenue_daily").click(modifiers=["Shift"])
+    page.get_by_role("button", name=re.compile(r"Materialize selected \(2\)")).click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Launch runs to materialize 2 assets")
+    choose_partitions(dialog, f"[{FEBRUARY[0]}...{FEBRUARY[-1]}]")  # revenue_daily's; monthly_revenue follows
+    dialog.get_by_text("Tags", exact=True).click()
+    dialog.get_by_role("button", name="Add tags").click()
+    editor = page.get_by_role("dialog").filter(has_text="Add tags to run")
+    editor.get_by_placeholder("Tag Key").fill(BRANCH_TAG)
+    editor.get_by_placeholder("Tag Value").fill(BRANCH)
+    editor.get_by_role("button", name="Apply").click()
+    expect(editor).to_have_count(0)
+    expect(dialog.get_by_text("1 tags", exact=True)).to_be_visible()
+    expect(dialog.get_by_text(f"{BRANCH_TAG}: {BRANCH}", exact=True)).to_be_visible()
+    expect(dialog.get_by_text("Tags will be applied to all backfill runs")).to_be_visible()
+    shot(page, artifacts, "07-launch-dialog-branch-tag")
+    dialog.get_by_role("button", name="Preview").click()
+    preview = page.get_by_role("dialog").filter(has_text="Backfill preview")
+    expect(virtual_row(page, "revenue_daily")).to_contain_text(f"{FEBRUARY[0]}...{FEBRUARY[-1]}")
+    expect(virtual_row(page, "monthly_revenue")).to_contain_text(f"{FEBRUARY[0]}...{FEBRUARY[0]}")
+    shot(page, artifacts, "07-launch-dialog-preview")
+    preview.get_by_role("button", name="OK").click()
+    expect(preview).to_have_count(0)
+    dialog.get_by_role("button", name="Launch backfill").click()
+    toast = page.get_by_text(re.compile(r"^Created backfill [a-z]+$"))
+    expect(toast).to_be_visible()
+    backfill_id = toast.inner_text().split()[-1]
+
+    backfill = wait_for_backfill(dev.url, backfill_id)
+    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    assert {"key": BRANCH_TAG, "value": BRANCH} in backfill["tags"], backfill["tags"]
+    runs = backfill["runs"]
+    assert len(runs) == 2 and all(r["status"] == "SUCCESS" for r in runs), runs  # one per asset and range
+    assert all({"key": BRANCH_TAG, "value": BRANCH} in r["tags"] for r in runs), runs  # the dialog's tag: on each
+    tags = [{t["key"]: t["value"] for t in r["tags"]} for r in runs]
+    ranges = {(t["dagster/asset_partition_range_start"], t["dagster/asset_partition_range_end"]) for t in tags}
+    assert ranges == {(FEBRUARY[0], FEBRUARY[-1]), (FEBRUARY[0], FEBRUARY[0])}, ranges
+
+    # Consumers read exactly what they read before; the branch is open and holds the backfill's versions, fixed.
+    con = duckdb.connect(str(dev.db), read_only=True)
+    try:
+        assert consumers_read(con) == before
+        branch = con.execute("SELECT state, brief, reviewer FROM bfa.branches WHERE branch = ?", [BRANCH]).fetchall()
+        staged = con.execute(
+            "SELECT asset, status, list(DISTINCT run_id), list(partition_key ORDER BY partition_key), list(version) "
+            "FROM bfa.versions WHERE branch = ? GROUP BY 1, 2 ORDER BY 1",
+            [BRANCH],
+        ).fetchall()
+        staged_daily = [v for asset, *_, versions in staged if asset == "revenue_daily" for v in versions]
+        staged_refunds = con.execute(
+            "SELECT sum(refunds_usd) FROM bfa.revenue_daily WHERE _bfa_version IN (SELECT unnest(?))", [staged_daily]
+        ).fetchone()[0]
+    finally:
+        con.close()
+    assert branch == [("open", None, None)]  # opened by the run: no brief, so no reviewer to approve it
+    assert [(a, s, k) for a, s, _, k, _ in staged] == [
+        ("monthly_revenue", "branched", [FEBRUARY[0]]),
+        ("revenue_daily", "branched", FEBRUARY),
+    ], staged
+    assert {r for _, _, run_ids, _, _ in staged for r in run_ids} == {r["runId"] for r in runs}
+    assert staged_refunds == totals(fixed)[1]  # the branch holds February with its refunds; nobody reads it yet
+
+    # The maintenance notice: Dagster holds it on both tables and the consumer, and the consumer's Events tab
+    # shows it, naming the backfill and the branch.
+    notice = re.compile(
+        rf"^Maintenance: Dagster backfill {re.escape(backfill_id)} is staging in branch {re.escape(BRANCH)} and "
+        r"will change (.+)\. Consumers read the current data until the branch publishes, all tables at once\.$"
+    )
+    changes = {f"revenue_daily {FEBRUARY[0]}..{FEBRUARY[-1]}", f"monthly_revenue {FEBRUARY[0]}"}
+    for asset in ("revenue_daily", "monthly_revenue", CONSUMER):
+        observation = latest_asset_events(dev.url, asset)["observation"]
+        said = notice.match((observation or {}).get("description") or "")
+        assert said and set(said[1].split("; ")) == changes, (asset, observation)
+    page.goto(f"{dev.url}/assets/{CONSUMER}")
+    page.get_by_role("tab", name="Events").click()
+    shown = page.get_by_text(notice)
+    expect(shown).to_be_visible()
+    assert set(notice.match(shown.inner_text())[1].split("; ")) == changes
+    expect(page.get_by_text("Observed", exact=True).first).to_be_visible()
+    shot(page, artifacts, "07-consumer-maintenance-notice")
+
+    # Published from the UI: Jobs, branch_decision, Launchpad, the decision typed as config, Launch Run.
+    page.get_by_role("link").filter(has_text=re.compile(r"^Jobs$")).click()
+    page.get_by_role("link", name="branch_decision").click()
+    page.get_by_role("tab", name="Launchpad").click()
+    config = page.locator(".CodeMirror").first
+    expect(config).to_contain_text("branch_decision_op")  # Dagster's scaffold, replaced whole
+    reason = "February with refunds, checked in the branch"
+    set_editor_text(
+        page,
+        config,
+        "ops:\n  branch_decision_op:\n    config:\n"
+        f"      branch: {BRANCH}\n      action: publish\n      by: {PUBLISHER}\n      reason: {reason}\n",
+    )
+    expect(page.get_by_text("No errors", exact=True)).to_be_visible()
+    launch = page.get_by_role("button", name="Launch Run")
+    expect(launch).to_be_enabled()  # once the config is validated
+    shot(page, artifacts, "07-branch-decision-launchpad")
+    launch.click()
+    page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
+    run_id = re.search(r"/runs/([0-9a-f-]{36})", page.url)[1]
+    run = wait_for_run(dev.url, run_id)
+    assert run["status"] == "SUCCESS", run
+
+    # The new data: February fixed, refunds subtracted, in both tables at once; nothing else moved.
+    con = duckdb.connect(str(dev.db), read_only=True)
+    try:
+        after = consumers_read(con)
+        monthly_of_days = con.execute(
+            "SELECT ?::DATE, currency, sum(purchases), sum(refunds), sum(gross_revenue_usd), sum(refunds_usd), "
+            "sum(net_revenue_usd) FROM main.revenue_daily WHERE revenue_date BETWEEN ? AND ? GROUP BY 2 ORDER BY 2",
+            [FEBRUARY[0], FEBRUARY[0], FEBRUARY[-1]],
+        ).fetchall()
+        decided = con.execute("SELECT state, decided_by FROM bfa.branches WHERE branch = ?", [BRANCH]).fetchall()
+        published = {}
+        for asset in ("revenue_daily", "monthly_revenue"):
+            latest = latest_asset_events(dev.url, asset)["materialization"]
+            assert latest and latest["runId"] == "" and latest["partition"] in FEBRUARY, (asset, latest)  # runless
+            key = latest["partition"]
+            version, rows, content_hash, rows_stored, hash_stored = published_snapshot(con, asset)[key]
+            assert (rows, content_hash) == (rows_stored, hash_stored), asset  # the hash recomputed from the rows
+            column = SPEC[asset].partition_column
+            stored = f"SELECT * EXCLUDE (_bfa_version) FROM bfa.{asset} WHERE _bfa_version = $version"
+            served = f"SELECT * FROM main.{asset} WHERE {column} = $key"
+            differ = con.execute(
+                f"SELECT count(*) FROM (({stored} EXCEPT ALL {served}) UNION ALL ({served} EXCEPT ALL {stored}))",
+                {"version": version, "key": key},
+            ).fetchone()[0]
+            assert differ == 0, asset  # consumers read exactly that version's rows
+            [(branch_of_version,)] = con.execute(
+                "SELECT branch FROM bfa.versions WHERE version = ?", [version]
+            ).fetchall()
+            assert branch_of_version == BRANCH
+            published[asset] = (key, version, content_hash)
+    finally:
+        con.close()
+    assert decided == [("published", PUBLISHER)]
+    assert in_february(after["revenue_daily"]) == fixed
+    assert in_february(after["revenue_daily"], False) == in_february(before["revenue_daily"], False)
+    assert in_february(after["monthly_revenue"], False) == in_february(before["monthly_revenue"], False)
+    assert in_february(after["monthly_revenue"]) == monthly_of_days  # February's month is the sum of its days
+    gross_before, _, net_before = totals(legacy)
+    gross, refunds, net = totals(in_february(after["revenue_daily"]))
+    assert gross == gross_before and refunds > 0 and net == net_before - refunds < net_before
+    assert totals(in_february(after["monthly_revenue"])) == (gross, refunds, net)
+    assert totals(in_february(before["monthly_revenue"]))[2] == net_before
+
+    # Each table's page: the latest materialization is the publish's, of a February partition, with the version
+    # and content hash the warehouse publishes for it now.
+    for asset, (key, version, content_hash) in published.items():
+        page.goto(f"{dev.url}/assets/{asset}")
+        latest = page.get_by_text("Latest materialization", exact=True).locator("xpath=..")
+        expect(latest.get_by_role("link", name=key, exact=True)).to_be_visible()
+        for label, value in (("content_hash", content_hash), ("version", str(version))):
+            row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=label, exact=True))
+            expect(row.get_by_role("cell").last).to_have_text(value)
+        row.scroll_into_view_if_needed()
+        shot(page, artifacts, f"07-published-{asset}")
+
+
+def test_8_the_brief_blast_radius_and_change_note_render_in_the_ui(dev, page, artifacts):
     assert_idle(dev.url)
     brief = f"backfills/{BRIEF}.yaml"
     out = run_cli(dev.env, "launch", brief, "--url", dev.url, "--wait", "--poll-seconds", "2", timeout_s=480)
@@ -477,10 +722,10 @@ def test_7_the_brief_blast_radius_and_change_note_render_in_the_ui(dev, page, ar
         expect(virtual_row(page, asset)).to_have_text(
             re.compile(rf"{asset}\s*100% completed\s*{partitions}\s*0\s*{partitions}\s*0")
         )
-    shot(page, artifacts, "07-brief-backfill")
+    shot(page, artifacts, "08-brief-backfill")
     page.goto(f"{dev.url}/runs")
     expect(page.get_by_text(f"backfill_assets/brief: {BRIEF}", exact=True)).to_be_visible()
-    shot(page, artifacts, "07-runs-with-brief-tags")
+    shot(page, artifacts, "08-runs-with-brief-tags")
 
     # The publish's change note renders on the asset's page, with the figures the warehouse holds.
     con = duckdb.connect(str(dev.db), read_only=True)
@@ -513,7 +758,7 @@ def test_7_the_brief_blast_radius_and_change_note_render_in_the_ui(dev, page, ar
     assert amount(net_after) - amount(net_before) == amount(net_change) == -amount(refunds_change) < 0
     assert amount(refunds_after) - amount(refunds_before) == amount(refunds_change)
     title.scroll_into_view_if_needed()
-    shot(page, artifacts, "07-change-note")
+    shot(page, artifacts, "08-change-note")
 
 
 def test_the_readme_tour_shows_pictures_that_exist():
