@@ -8,6 +8,7 @@ reached or refused the request.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import getpass
@@ -428,14 +429,17 @@ def cmd_try(args: argparse.Namespace) -> int:
             con, branch, title=f"try: {brief['title']}", brief=str(brief["id"]), risk=brief["risk"],
             reviewer=str(brief["reviewer"]), actor=owner,
         )  # fmt: skip
-    print(f"Trying brief {brief['id']} over {start}..{end} in branch {branch} (consumers' data does not change)")
+    say = sys.stderr if args.json else sys.stdout  # --json: the JSON alone on stdout
+    print(f"Trying brief {brief['id']} over {start}..{end} in branch {branch} (consumers' data does not change)",
+          file=say)  # fmt: skip
     select = f"({scope['select']})+"  # the whole blast radius, as launch targets it
     run = argparse.Namespace(
         file=args.file, module=args.module, select=select, start=start, end=end, only_missing=False,
         json=False, verbose=False, tag=[(BRIEF_TAG, str(brief["id"])), (OWNER_TAG, owner)], branch=branch,
     )  # fmt: skip
     started = time.perf_counter()
-    code = cmd_materialize(run)
+    with contextlib.redirect_stdout(say):
+        code = cmd_materialize(run)
     wall = time.perf_counter() - started
     slice_runs = materialize_runs(defs, select, start, end)[0]
     full_runs = materialize_runs(defs, select, first, last)[0]
@@ -454,12 +458,12 @@ def cmd_try(args: argparse.Namespace) -> int:
     if not args.keep:
         with _write_warehouse(defs) as con:
             warehouse.discard_branch(con, branch, owner, "slice try")
-    print()
-    print(json.dumps(trial.as_json(tried), indent=2) if args.json else tried.render())
+    print(json.dumps(trial.as_json(tried), indent=2) if args.json else f"\n{tried.render()}")
     print(
         f"\nBranch {branch} kept: compare with diff, then branch publish or branch discard"
         if args.keep
-        else f"\nBranch {branch} discarded: no pointer moved, consumers read what they read before"
+        else f"\nBranch {branch} discarded: no pointer moved, consumers read what they read before",
+        file=say,
     )
     return EXIT_OK if tried.passed and code == EXIT_OK else EXIT_HELD
 
