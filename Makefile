@@ -48,7 +48,8 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 	@test -x $@ || { echo "apt-get installed chromium but there is no $@; set BACKFILL_ASSETS_CHROMIUM to its path" >&2; exit 1; }
 
-# Not part of `make test` (about 50 minutes at 100k events/day); tests/test_bench.py runs its --smoke mode.
+# Not part of `make test` (about 50 minutes at 100k events/day, plus about 40 for the branch measurements;
+# `python benchmarks/bench.py --only branch` runs those alone); tests/test_bench.py runs its --smoke mode.
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench.py
 

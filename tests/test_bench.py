@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,9 +15,9 @@ DAILY = {"raw_events", "events_clean", "sessions", "daily_active_users", "funnel
 
 
 def test_benchmark_smoke(tmp_path):
-    out = tmp_path / "bench.json"
+    out, work = tmp_path / "bench.json", tmp_path / "work"
     done = subprocess.run(
-        [sys.executable, "benchmarks/bench.py", "--smoke", "--out", str(out)],
+        [sys.executable, "benchmarks/bench.py", "--smoke", "--out", str(out), "--workdir", str(work)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -43,6 +44,65 @@ def test_benchmark_smoke(tmp_path):
     assert results["machine"]["cores"] >= 1
     for line in ("1. overhead ours/bare at 7 days", "2. ranged vs per-partition", "5. peak RSS of the 7-day run"):
         assert line in done.stdout
+    _assert_branch_publish(results, work / "branch-publish.duckdb")
+    _assert_branch_run(results, work / "branch-run-plain.duckdb", work / "branch-run-branch.duckdb")
+    for line in ("7. publish of a branch of 8 assets x 7 partitions", "8. 7-day backfill in a branch"):
+        assert line in done.stdout
+
+
+def _assert_branch_publish(results: dict, db: Path) -> None:
+    """Each timed publish flipped every staged pointer, and what consumers read is the last branch's rows."""
+    publish = results["branch_publish"]
+    assert (publish["assets"], publish["days"]) == (8, 7)
+    assert publish["partitions"] == [56, 56] and len(publish["seconds"]) == 2
+    assert all(s > 0 for s in publish["seconds"]) and results["summary"]["branch_publish_s"] > 0
+    last = publish["branches"][-1]  # the publish timed statement by statement, after the timed ones
+    assert publish["breakdown"]["partitions"] == 56 and publish["breakdown"]["statements"]
+    with duckdb.connect(str(db), read_only=True) as con:
+        states = con.execute("SELECT branch, state FROM bfa.branches ORDER BY branch").fetchall()
+        assert states == [(b, "published") for b in sorted(publish["branches"])]
+        per_asset = con.execute(
+            "SELECT p.asset, count(*), count(*) FILTER (WHERE v.branch = ?), count(DISTINCT p.partition_key) "
+            "FROM bfa.published p JOIN bfa.versions v USING (version) GROUP BY 1 ORDER BY 1",
+            [last],
+        ).fetchall()
+        assert per_asset == [(f"branch_bench_{i}", 7, 7, 7) for i in range(1, 9)]
+        for i in range(1, 9):  # the view shows the last branch's generation: 3 rows a day, amount gen * 100 + i
+            rows = con.execute(f"SELECT count(*), count(DISTINCT day), min(amount) FROM main.branch_bench_{i}")
+            assert rows.fetchone() == (21, 7, (len(publish["branches"]) + 1) * 100)
+        # every earlier generation was displaced, none is still published
+        assert con.execute(
+            "SELECT count(*) FROM bfa.versions WHERE status = 'published' AND branch IS DISTINCT FROM ?", [last]
+        ).fetchone() == (0,)
+
+
+def _ordered_hash(con, table: str) -> tuple:
+    """Rows and an md5 of every row of the consumers' view, sorted: equal tables, equal hashes."""
+    return con.execute(
+        f"SELECT count(*), md5(coalesce(string_agg(r, chr(10) ORDER BY r), '')) "
+        f"FROM (SELECT CAST(t AS VARCHAR) AS r FROM main.{table} t)"
+    ).fetchone()
+
+
+def _assert_branch_run(results: dict, plain_db: Path, branch_db: Path) -> None:
+    """The backfill in a branch published, once the branch did, the very rows of the same backfill without one."""
+    run = results["branch_run"]
+    assert run["order"] == ["plain", "branch"] and len(run["plain"]) == len(run["branch"]) == 1
+    plain, branch = run["plain"][0], run["branch"][0]
+    assert plain["outcomes"] == {a: ["publish", 7] for a in DAILY}
+    assert branch["outcomes"] == {a: ["branch", 7] for a in DAILY}
+    assert branch["partitions_published"] == 6 * 7 and plain["partitions_published"] == 0
+    assert branch["seconds"] == pytest.approx(branch["run_s"] + branch["publish_s"])
+    assert branch["publish_s"] > 0 and plain["publish_s"] == 0
+    summary = results["summary"]
+    assert summary["same_rows_branch"] is True and summary["branch_overhead"] > 0
+    with duckdb.connect(str(plain_db), read_only=True) as p, duckdb.connect(str(branch_db), read_only=True) as b:
+        for table in DAILY:
+            rows, digest = _ordered_hash(b, table)
+            assert rows > 0 and (rows, digest) == _ordered_hash(p, table), table
+        from_branch = "SELECT count(*) FROM bfa.published p JOIN bfa.versions v USING (version) WHERE v.branch = ?"
+        assert b.execute(from_branch, [branch["branch"]]).fetchone() == (6 * 7,)
+        assert p.execute("SELECT count(*) FROM bfa.versions WHERE branch IS NOT NULL").fetchone() == (0,)
 
 
 def _bench_module():
