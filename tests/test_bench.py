@@ -94,8 +94,14 @@ def _assert_branch_run(results: dict, plain_db: Path, branch_db: Path) -> None:
     assert branch["partitions_published"] == 6 * 7 and plain["partitions_published"] == 0
     assert branch["seconds"] == pytest.approx(branch["run_s"] + branch["publish_s"])
     assert branch["publish_s"] > 0 and plain["publish_s"] == 0
+    # then Dagster was told about every partition that moved, as `branch publish` does (timed apart)
+    assert branch["partitions_told"] == 6 * 7 and branch["tell_dagster_s"] > 0 and plain["partitions_told"] == 0
+    for side in (plain, branch):  # the run's seconds outside its assets' transforms and audits
+        work = sum(a["transform_s"] + a["audit_s"] for a in side["assets"].values())
+        assert side["outside_s"] == pytest.approx(side["run_s"] - work) and 0 < side["outside_s"] < side["run_s"]
     summary = results["summary"]
     assert summary["same_rows_branch"] is True and summary["branch_overhead"] > 0
+    assert summary["branch_overhead_fastest"] > 0 and set(summary["branch_outside_s"]) == {"branch", "plain"}
     with duckdb.connect(str(plain_db), read_only=True) as p, duckdb.connect(str(branch_db), read_only=True) as b:
         for table in DAILY:
             rows, digest = _ordered_hash(b, table)
