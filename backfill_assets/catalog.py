@@ -889,13 +889,22 @@ def branches(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(BRANCH_FIELDS, r, strict=True)) for r in rows]
 
 
+# The branch's newest version of each partition (held, staged or passing), with what it was staged on and read.
+_BRANCH_HEADS = (
+    "SELECT asset, partition_key, version, status, base_version, reads FROM bfa.versions "
+    "WHERE branch = $branch AND status IN (SELECT unnest($in_branch)) AND partition_key <> $outside "
+    "QUALIFY row_number() OVER (PARTITION BY asset, partition_key ORDER BY version DESC) = 1"
+)
+
+
+def _heads_params(branch: str) -> dict[str, Any]:
+    return {"branch": branch, "in_branch": list(IN_BRANCH), "outside": OUTSIDE_WINDOW}
+
+
 def branch_heads(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, dict[str, tuple[int, str, int | None]]]:
     """asset -> partition -> (version, status, base version) of the branch's newest version of each partition."""
     rows = con.execute(
-        "SELECT asset, partition_key, version, status, base_version FROM bfa.versions "
-        "WHERE branch = ? AND status IN (SELECT unnest(?)) AND partition_key <> ? "
-        "QUALIFY row_number() OVER (PARTITION BY asset, partition_key ORDER BY version DESC) = 1",
-        [branch, list(IN_BRANCH), OUTSIDE_WINDOW],
+        f"SELECT asset, partition_key, version, status, base_version FROM ({_BRANCH_HEADS})", _heads_params(branch)
     ).fetchall()
     heads: dict[str, dict[str, tuple[int, str, int | None]]] = {}
     for asset, key, version, status, base in rows:
@@ -944,20 +953,14 @@ def stage_in_branch(con: duckdb.DuckDBPyConnection, asset: str, versions: Mappin
     )
 
 
-# The branch's newest version of each partition, and what a run in the branch reads: those, else the published.
-_BRANCH_SEEN = """heads AS (
-    SELECT asset, partition_key, version, status, base_version, reads FROM bfa.versions
-    WHERE branch = $branch AND status IN (SELECT unnest($in_branch)) AND partition_key <> $outside
-    QUALIFY row_number() OVER (PARTITION BY asset, partition_key ORDER BY version DESC) = 1
-), seen AS (
-    SELECT asset, partition_key, version FROM heads UNION ALL
-    SELECT asset, partition_key, version FROM bfa.published p
-    WHERE NOT EXISTS (SELECT 1 FROM heads h WHERE h.asset = p.asset AND h.partition_key = p.partition_key)
+# What a run in the branch reads of each partition: the branch's newest passing version, else the published one
+# (as warehouse.branch_overlay shows the tables to the run).
+_BRANCH_SEEN = f"""heads AS ({_BRANCH_HEADS}), seen AS (
+    SELECT asset, partition_key, version FROM heads WHERE status = 'branched' UNION ALL
+    SELECT asset, partition_key, version FROM bfa.published p WHERE NOT EXISTS (
+        SELECT 1 FROM heads h WHERE h.status = 'branched' AND h.asset = p.asset AND h.partition_key = p.partition_key
+    )
 )"""
-
-
-def _seen_params(branch: str) -> dict[str, Any]:
-    return {"branch": branch, "in_branch": list(IN_BRANCH), "outside": OUTSIDE_WINDOW}
 
 
 def record_reads(
@@ -973,7 +976,7 @@ def record_reads(
         "version, unnest($a::VARCHAR[]) AS asset, unnest($k::VARCHAR[]) AS partition_key) SELECT r.version, "
         "list({'asset': r.asset, 'partition_key': r.partition_key, 'version': s.version}) AS reads FROM r "
         "LEFT JOIN seen s USING (asset, partition_key) GROUP BY r.version) x WHERE bfa.versions.version = x.version",
-        {"v": [p[0] for p in pairs], "a": [p[1] for p in pairs], "k": [p[2] for p in pairs], **_seen_params(branch)},
+        {"v": [p[0] for p in pairs], "a": [p[1] for p in pairs], "k": [p[2] for p in pairs], **_heads_params(branch)},
     )
 
 
@@ -985,7 +988,7 @@ def stale_reads(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, list[t
         "(SELECT asset, partition_key, unnest(reads) AS r FROM heads) x LEFT JOIN seen s "
         "ON s.asset = x.r.asset AND s.partition_key = x.r.partition_key WHERE s.version IS DISTINCT FROM x.r.version "
         "ORDER BY ALL",
-        _seen_params(branch),
+        _heads_params(branch),
     ).fetchall()
     out: dict[str, list[tuple[str, str]]] = {}
     for asset, key, upstream, upstream_key in rows:

@@ -221,10 +221,7 @@ def _open_and_announce(defs: dg.Definitions, args: argparse.Namespace, instance:
     with _warehouse_resource(defs).get_connection() as con:
         if catalog.branch_info(con, args.branch) is not None:
             return
-        try:
-            catalog.open_branch(con, args.branch)
-        except ValueError as e:
-            raise warehouse.BranchError(str(e)) from None
+        warehouse.open_branch(con, args.branch)
     plan = planning.plan_range(defs.resolve_asset_graph(), args.select, args.start, args.end)
     notice = changes.maintenance_notice(plan, args.branch, f"materialize by {getpass.getuser()}", reviewer=None)
     told = announce(instance, plan, notice)
@@ -377,13 +374,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     brief = result.brief
     if args.branch:  # opened before the runs, with the brief's risk and reviewer, so its publish needs the review
         with _write_warehouse(defs) as con:
-            try:
-                catalog.open_branch(
-                    con, args.branch, title=brief["title"], brief=str(brief["id"]), risk=brief["risk"],
-                    reviewer=str(brief["reviewer"]), actor=str(brief["owner"]),
-                )  # fmt: skip
-            except ValueError as e:
-                raise warehouse.BranchError(str(e)) from None
+            warehouse.open_branch(
+                con, args.branch, title=brief["title"], brief=str(brief["id"]), risk=brief["risk"],
+                reviewer=str(brief["reviewer"]), actor=str(brief["owner"]),
+            )  # fmt: skip
     backfill_id = launch.launch(args.url, brief, result.plan, args.branch)
     say = sys.stderr if args.json else sys.stdout  # --json: the JSON alone on stdout
     where = f" into branch {args.branch}" if args.branch else ""

@@ -309,9 +309,10 @@ def diff_pairs(
         waiting = {k: v for k, (v, _, _) in catalog.branch_heads(con, branch).get(asset, {}).items()}
         if not waiting:
             raise HistoryError(f"branch {branch} has no version of {asset}")
-    for status in ("held", "candidate") if branch is None else ():
-        for k, v in catalog.newest_pending(con, asset, status).items():
-            waiting[k] = max(v, waiting.get(k, 0))
+    else:
+        for status in ("held", "candidate"):
+            for k, v in catalog.newest_pending(con, asset, status).items():
+                waiting[k] = max(v, waiting.get(k, 0))
     for key in keys:
         pending = waiting.get(key)
         chosen = {}

@@ -121,10 +121,7 @@ def write_audit_publish(
         raise ValueError(f"{spec.name}: no partitions to write")
     params = dict(params or {})
     if branch is not None:
-        try:
-            catalog.open_branch(con, branch, actor=actor)
-        except ValueError as e:
-            raise warehouse.BranchError(str(e)) from None
+        warehouse.open_branch(con, branch, actor=actor)
     overlay = warehouse.branch_overlay(con, branch, spec.name) if branch else []
     try:
         return _write_audit_publish(

@@ -445,6 +445,14 @@ class BranchError(WarehouseError):
 REVIEWED_RISKS = ("metric-changing repair", "schema migration", "production-critical rebuild")
 
 
+def open_branch(con: duckdb.DuckDBPyConnection, branch: str, **fields: Any) -> dict:
+    """:func:`catalog.open_branch`, a branch published or discarded already being a :class:`BranchError`."""
+    try:
+        return catalog.open_branch(con, branch, **fields)
+    except ValueError as e:
+        raise BranchError(str(e)) from None
+
+
 def publish_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | None, reason: str | None) -> dict:
     """Publish every asset and partition of `branch` in ONE transaction (a ledger entry per asset, naming the
     branch). Refused, changing nothing, when the branch is not open, needs its reviewer's approval (again, when it
