@@ -49,9 +49,11 @@ $(CHROMIUM):
 	@test -x $@ || { echo "apt-get installed chromium but there is no $@; set BACKFILL_ASSETS_CHROMIUM to its path" >&2; exit 1; }
 
 # Not part of `make test` (about 50 minutes at 100k events/day, plus about 40 for the branch measurements;
-# `python benchmarks/bench.py --only branch` runs those alone); tests/test_bench.py runs its --smoke mode.
+# `python benchmarks/bench.py --only branch` runs those alone), then the partition-count series (a few
+# minutes); tests/test_bench.py runs the --smoke mode of both.
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/partition_bench.py
 
 # 50 SIGKILLs, 300 state-machine histories and the bad-input corpus, then a report (about 9 minutes).
 reliability: $(BIN)/.installed

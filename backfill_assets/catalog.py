@@ -27,6 +27,8 @@ from typing import Any
 
 import duckdb
 
+from .spec import quote_ident
+
 OUTSIDE_WINDOW = "<outside window>"  # the partition key of a run's stray rows (outside its partitions)
 
 _VERSIONS = """CREATE TABLE IF NOT EXISTS bfa.{name} (
@@ -214,12 +216,28 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     if old and not had_history:
         with transaction(con):
             _history_from_ledger(con)
+    for (asset,) in con.execute(_WITHOUT_FLAG, [PUBLISHED_COLUMN]).fetchall() if old else ():
+        with transaction(con):  # rows say whether consumers read them (the view's old form still works)
+            table = f"bfa.{quote_ident(asset)}"
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {PUBLISHED_COLUMN} BOOLEAN NOT NULL DEFAULT false")
+            con.execute(
+                f"UPDATE {table} SET {PUBLISHED_COLUMN} = true WHERE {VERSION_COLUMN} IN "
+                "(SELECT version FROM bfa.published WHERE asset = ?)",
+                [asset],
+            )
     if old and con.execute(
         "SELECT 1 FROM duckdb_views() WHERE database_name = current_database() AND schema_name = 'main' "
         "AND view_name = '_bfa_source'"
     ).fetchone():  # a transform's scratch view, which releases before this one left in the warehouse for everyone
         con.execute("DROP VIEW main._bfa_source")
     con.execute(_PUBLISHED_METRIC)  # re-created each time: DuckDB binds a macro when it is created
+
+
+# Version tables written before rows carried the published flag.
+_WITHOUT_FLAG = """
+SELECT table_name FROM duckdb_tables() WHERE schema_name = 'bfa' AND table_name IN (SELECT asset FROM bfa.versions)
+EXCEPT SELECT table_name FROM duckdb_columns() WHERE schema_name = 'bfa' AND column_name = ?
+"""
 
 
 def _versions_ddl(name: str) -> str:
@@ -278,16 +296,22 @@ def _history_from_ledger(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
+# The version table's own columns: each row's version, and whether consumers read it (see warehouse).
+VERSION_COLUMN, PUBLISHED_COLUMN = "_bfa_version", "_bfa_published"
+
+
 def physical_columns(con: duckdb.DuckDBPyConnection, asset: str) -> list[str]:
-    """The columns of the version table ``bfa.<asset>`` in table order, but the version column."""
-    return [
-        r[0]
-        for r in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'bfa' AND table_name = ? "
-            "AND column_name <> '_bfa_version' ORDER BY column_index",
-            [asset],
-        ).fetchall()
-    ]
+    """The data columns of the version table ``bfa.<asset>`` in table order (not the version table's own)."""
+    return [c for c in relation_columns(con, "bfa", asset) if c not in (VERSION_COLUMN, PUBLISHED_COLUMN)]
+
+
+def relation_columns(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> list[str]:
+    """The columns of the table or view `schema`.`name` in order (none when there is no such relation)."""
+    rows = con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? ORDER BY column_index",
+        [schema, name],
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 # --- versions -------------------------------------------------------------------------------------------
@@ -503,6 +527,69 @@ def published_keys(con: duckdb.DuckDBPyConnection | None, branch: str | None = N
     return published
 
 
+# A view's members: the versions of an asset it shows, as a condition on their rows in bfa.versions without
+# parameters (a view cannot bind them).
+PUBLISHED = "status = 'published'"  # set in the same transaction as the pointer (see move_pointer)
+
+
+def candidate_members(asset: str) -> str:
+    """The newest parallel candidate of each partition of `asset`."""
+    return (
+        f"version IN (SELECT max(version) FROM bfa.versions WHERE asset = {literal(asset)} "
+        f"AND status = 'candidate' AND partition_key <> {literal(OUTSIDE_WINDOW)} GROUP BY partition_key)"
+    )
+
+
+def literal(text: str) -> str:
+    """`text` as an SQL string literal, for the few queries a view must hold (it cannot bind parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+# The versions of an asset that a members condition selects, as ranges of version ids that hold no other
+# version of the asset whose rows are kept: a view then selects them with a few comparisons per row, pushed
+# into the scan, where zone maps skip whole row groups. Versions without rows (abandoned, discarded,
+# vacuumed, never written) do not split a range; ids are drawn from one sequence and committed as 'staged'
+# before any row is written, so a version allocated later lies beyond every range.
+_RANGES = """
+WITH kept AS (
+    SELECT version, ({members}) AS member FROM bfa.versions
+    WHERE asset = ? AND status NOT IN ('abandoned', 'discarded', 'vacuumed')
+), edges AS (
+    SELECT version, member, lag(member) OVER w IS DISTINCT FROM member AS first,
+           lead(member) OVER w IS DISTINCT FROM member AS last
+    FROM kept WINDOW w AS (ORDER BY version)
+), ends AS (SELECT version, first, last FROM edges WHERE member AND (first OR last))
+SELECT version, CASE WHEN last THEN version ELSE lead(version) OVER (ORDER BY version) END
+FROM ends QUALIFY first ORDER BY version LIMIT ?
+"""
+
+
+def version_ranges(con: duckdb.DuckDBPyConnection, asset: str, members: str, limit: int) -> list[tuple[int, int]]:
+    """The first `limit` ranges (lowest, highest id) of the versions of `asset` that `members` selects (see
+    _RANGES). Measured on 110,000 versions: 10 ms (a running count over a FILTER clause took 15 s)."""
+    return con.execute(_RANGES.format(members=members), [asset, limit]).fetchall()
+
+
+def members_query(asset: str, members: str) -> str:
+    """The versions of `asset` that `members` selects, as a query a view can hold."""
+    return f"SELECT version FROM bfa.versions WHERE asset = {literal(asset)} AND ({members})"
+
+
+def member_bounds(con: duckdb.DuckDBPyConnection, asset: str, members: str) -> tuple[int, int]:
+    """The lowest and highest version of `asset` that `members` selects."""
+    return con.execute(
+        f"SELECT min(version), max(version) FROM bfa.versions WHERE asset = ? AND ({members})", [asset]
+    ).fetchall()[0]
+
+
+def member_columns(con: duckdb.DuckDBPyConnection, asset: str, members: str) -> set[str]:
+    """The columns any version of `asset` that `members` selects has."""
+    rows = con.execute(
+        f"SELECT DISTINCT columns FROM bfa.versions WHERE asset = ? AND ({members})", [asset]
+    ).fetchall()
+    return {c for (cols,) in rows for c in cols or ()}
+
+
 def published_version_ids(con: duckdb.DuckDBPyConnection, asset: str) -> list[int]:
     return [
         r[0] for r in con.execute("SELECT version FROM bfa.published WHERE asset = ? ORDER BY 1", [asset]).fetchall()
@@ -519,12 +606,12 @@ def move_pointer(
     displaced: str = "superseded",
     step_back: bool = False,
     at: dt.datetime | None = None,
-) -> None:
+) -> list[int]:
     """Make `versions` (partition -> version) the published ones and record each change in the pointer
-    history; the versions they replace get the status `displaced`. `step_back`: this is a rollback to the
-    state before each partition's last change (see :func:`rollback_targets`), so a later rollback goes back
-    further; otherwise the move is pushed and a rollback returns here. Call inside a transaction, with the
-    consumers' view rewritten in it (see warehouse.repoint)."""
+    history; the versions they replace get the status `displaced`, and are returned. `step_back`: this is a
+    rollback to the state before each partition's last change (see :func:`rollback_targets`), so a later
+    rollback goes back further; otherwise the move is pushed and a rollback returns here. Call inside a
+    transaction, with the rows' published flags and the consumers' view changed in it (see warehouse.repoint)."""
     at = at or now()
     keys = list(versions)
     last = _last_changes(con, asset, keys)
@@ -538,11 +625,11 @@ def move_pointer(
             undo.append(restored[2])  # the state before the one restored
         else:
             undo.append(change[0] if change else None)
-    con.execute(
+    replaced = con.execute(
         "UPDATE bfa.versions SET status = ?, decided_at = ? WHERE version IN "
-        "(SELECT version FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?)))",
+        "(SELECT version FROM bfa.published WHERE asset = ? AND partition_key IN (SELECT unnest(?))) RETURNING version",
         [displaced, at, asset, keys],
-    )
+    ).fetchall()
     con.execute(
         "INSERT INTO bfa.pointer_history SELECT nextval('bfa.pointer_seq'), ?, k, p.version, t, ?, ?, u, ? "
         "FROM (SELECT unnest(?::VARCHAR[]) AS k, unnest(?::BIGINT[]) AS t, unnest(?::BIGINT[]) AS u) "
@@ -555,6 +642,7 @@ def move_pointer(
         [asset, keys, list(versions.values()), at],
     )
     set_status(con, list(versions.values()), "published", at)
+    return [r[0] for r in replaced]
 
 
 def _last_changes(
@@ -617,18 +705,6 @@ def newest_pending(con: duckdb.DuckDBPyConnection, asset: str, status: str) -> d
         [asset, status, OUTSIDE_WINDOW],
     ).fetchall()
     return dict(rows)
-
-
-def newest_with_status(con: duckdb.DuckDBPyConnection, asset: str, status: str) -> list[int]:
-    """The newest `status` version of each partition of `asset` that has one."""
-    return [
-        r[0]
-        for r in con.execute(
-            "SELECT max(version) FROM bfa.versions WHERE asset = ? AND status = ? AND partition_key <> ? "
-            "GROUP BY partition_key ORDER BY 1",
-            [asset, status, OUTSIDE_WINDOW],
-        ).fetchall()
-    ]
 
 
 def strays_of_runs(con: duckdb.DuckDBPyConnection, asset: str, versions: Sequence[int], status: str) -> list[int]:

@@ -2,12 +2,13 @@
 
 Layout, for a derived table ``t`` (the bookkeeping tables are :mod:`backfill_assets.catalog`'s):
 
-- ``bfa.t``: every version's rows side by side, plus a ``_bfa_version`` column. The table has the union of
-  every version's columns; each version keeps its own list in the catalog.
-- ``main.t``: a view of ``bfa.t`` restricted to the published versions, with the columns those versions
-  have. Downstream assets, dashboards and people read this. It is rewritten in the same transaction as every
-  pointer change (:func:`decide`, :func:`repoint`), the only two functions that move a pointer, so it always
-  equals the catalog's pointer, and a column only a held or candidate run has never shows up in it.
+- ``bfa.t``: every version's rows side by side, plus ``_bfa_version`` and ``_bfa_published`` (whether
+  consumers read the row). The table has the union of every version's columns; each version keeps its own
+  list in the catalog.
+- ``main.t``: a view of the published rows of ``bfa.t``, with the columns the published versions have.
+  Downstream assets, dashboards and people read this. The flags and the view change in the same transaction
+  as every pointer change (:func:`decide`, :func:`repoint`, the only two functions that move a pointer), so
+  they always equal the catalog's pointer, and a column only a held or candidate run has never shows up.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = [
     "stage",
 ]
 
-VERSION_COLUMN = "_bfa_version"
+VERSION_COLUMN, PUBLISHED_COLUMN = catalog.VERSION_COLUMN, catalog.PUBLISHED_COLUMN
 published_partitions = catalog.published_partitions
 
 
@@ -120,12 +121,16 @@ def stage(
     asset = cand.asset
     table = version_table(asset)
     source_cols = describe(con, f"SELECT * FROM {quote_ident(source_view)}")
-    if VERSION_COLUMN in dict(source_cols):
-        raise ValueError(f"{asset}: the transform must not return a column named {VERSION_COLUMN}")
+    for own in (VERSION_COLUMN, PUBLISHED_COLUMN):
+        if own in dict(source_cols):
+            raise ValueError(f"{asset}: the transform must not return a column named {own}")
     with transaction(con):
         if not table_exists(con, asset):
             cols = ", ".join(f"{quote_ident(c)} {t}" for c, t in source_cols)
-            con.execute(f"CREATE TABLE {table} ({cols}, {VERSION_COLUMN} BIGINT NOT NULL)")
+            con.execute(
+                f"CREATE TABLE {table} ({cols}, {VERSION_COLUMN} BIGINT NOT NULL, "
+                f"{PUBLISHED_COLUMN} BOOLEAN NOT NULL DEFAULT false)"
+            )
             _create_view(con, asset)
         else:
             existing = dict(describe(con, f"SELECT * FROM {table}"))
@@ -187,17 +192,38 @@ def read_frame(
     con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS SELECT * FROM _bfa_frame")
 
 
-def _version_filter(versions: Sequence[int]) -> str:
-    """``_bfa_version IN (1, 2, ...)`` with the versions as literals. Version ids are integers from our own
-    sequence (int() guarantees it), never user input. Literals, because DuckDB pushes a constant IN list into
-    the scan, where zone maps skip other versions' row groups; a semi-join on a pointer table or a bound list
-    probes every row instead (measured: 3x slower on a one-month query over two versions of 365 days)."""
-    return f"{VERSION_COLUMN} IN ({', '.join(str(int(v)) for v in versions)})" if versions else "false"
+# How the views other than the consumers' one (a run's candidate, <table>__candidate, a branch's overlay, diff
+# and try) select versions. Measured on DuckDB 2.0 at 100,000 partitions x 50 rows: versions listed as literals
+# took 1.5 s to write into a view and read 40-800x slower than a plain table; a semi-join read 2-13x slower; a
+# few ranges of version ids 1.0-1.3x. Each range costs comparisons on every row (64 ranges: 6x), so past
+# _MAX_RANGES a view semi-joins on its versions within their lowest and highest id.
+_MAX_RANGES = 16
 
 
-def columns_of(con: duckdb.DuckDBPyConnection, asset: str, versions: Sequence[int]) -> list[str]:
-    """The columns any of `versions` has, in the version table's order."""
-    have = {c for cols in catalog.version_columns(con, versions).values() for c in cols}
+def _version_filter(con: duckdb.DuckDBPyConnection, asset: str, members: str) -> str:
+    """The condition on the version column that selects the versions of `asset` that `members` (a condition on
+    bfa.versions, see catalog.PUBLISHED) selects: ranges of ids (see catalog.version_ranges), else a semi-join.
+    Version ids are integers from our own sequence (int() guarantees it), never user input."""
+    ranges = catalog.version_ranges(con, asset, members, _MAX_RANGES + 1)
+    v = VERSION_COLUMN
+    if not ranges:
+        return "false"
+    if len(ranges) <= _MAX_RANGES:
+        return "(" + " OR ".join(f"{v} BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges) + ")"
+    lo, hi = catalog.member_bounds(con, asset, members)
+    return f"({v} BETWEEN {int(lo)} AND {int(hi)} AND {v} IN ({catalog.members_query(asset, members)}))"
+
+
+def _members(con: duckdb.DuckDBPyConnection, name: str, versions: Sequence[int]) -> str:
+    """`versions` as a members condition, over a temp table of this connection named after `name`."""
+    table = quote_ident("_bfa_members_" + name)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT unnest(?::BIGINT[]) AS version", [list(versions)])
+    return f"version IN (SELECT version FROM temp.main.{table})"
+
+
+def columns_of(con: duckdb.DuckDBPyConnection, asset: str, members: str) -> list[str]:
+    """The columns any version of `asset` that `members` selects has, in the version table's order."""
+    have = catalog.member_columns(con, asset, members)
     return [c for c in catalog.physical_columns(con, asset) if c in have]
 
 
@@ -205,14 +231,81 @@ def _select_list(columns: Sequence[str]) -> str:
     return ", ".join(quote_ident(c) for c in columns) if columns else "NULL AS _bfa_no_columns"
 
 
-def _create_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
-    """(Re)create the consumers' view: the published versions, listed as literals, with the columns those
-    versions have (a table with nothing published shows its first run's columns and no rows)."""
-    published = catalog.published_version_ids(con, asset)
-    columns = columns_of(con, asset, published) if published else catalog.physical_columns(con, asset)
+def _publish_rows(
+    con: duckdb.DuckDBPyConnection, asset: str, published: Sequence[int], displaced: Sequence[int]
+) -> None:
+    """Move what consumers read of `asset`: the rows of the `published` versions get the published flag, those of
+    the `displaced` ones lose it, and the view is rewritten. Only :func:`decide` and :func:`repoint_in` call it,
+    in the transaction that moves the pointer, so the flags always equal the pointer.
+
+    The consumers' view selects the flagged rows: one boolean per row costs reads 1.0-1.1x a plain table at
+    any partition count and any history, and DuckDB skips row groups without a flagged row. A publish updates
+    the flags of the rows that change (36.5M rows: 1 s) and nothing else, however many partitions the table
+    has. Listing the versions in the view instead cost 1.5 s to write at 100,000 partitions and reads 40-800x
+    slower; ranges of version ids cost about 0.2 ms of planning per range on every query (1.5x on a query of
+    50,000 rows) and split on every partition republished out of order (see benchmarks/partition_bench.py)."""
+    changed = sorted({*published, *displaced})
+    if changed:
+        where, params = _exact_filter(changed)
+        con.execute(
+            f"UPDATE {version_table(asset)} SET {PUBLISHED_COLUMN} = {VERSION_COLUMN} IN (SELECT unnest(?::BIGINT[])) "
+            f"WHERE {where}",
+            [list(published), *params],
+        )
+    _create_view(con, asset, published)
+
+
+def _exact_filter(versions: Sequence[int]) -> tuple[str, list]:
+    """`versions` (sorted) as a condition on the version column and its parameters: a few runs of consecutive
+    ids, which DuckDB pushes into the scan (zone maps skip other versions' row groups), else a semi-join."""
+    runs: list[list[int]] = []
+    for v in versions:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    if len(runs) > _MAX_RANGES:
+        return f"{VERSION_COLUMN} IN (SELECT unnest(?::BIGINT[]))", [list(versions)]
+    return "(" + " OR ".join(f"{VERSION_COLUMN} BETWEEN {int(a)} AND {int(b)}" for a, b in runs) + ")", []
+
+
+def _create_view(con: duckdb.DuckDBPyConnection, asset: str, published: Sequence[int] = ()) -> None:
+    """(Re)create the consumers' view: the flagged rows (see :func:`_publish_rows`), with the columns the
+    published versions have (a table with nothing published shows its first run's columns and no rows).
+    `published`: the versions just published. When they have every column the view shows, the view's columns
+    are theirs: every other published version's columns are among those shown, so there is no need to read
+    them all (at 100,000 partitions that read was a third of a publish)."""
+    columns = None
+    if published:
+        have = {c for cols in catalog.version_columns(con, published).values() for c in cols}
+        shown = catalog.relation_columns(con, "main", asset)
+        if shown and set(shown) <= have:
+            columns = [c for c in catalog.physical_columns(con, asset) if c in have]
+    if columns is None:
+        any_published = catalog.member_bounds(con, asset, catalog.PUBLISHED)[0] is not None
+        columns = columns_of(con, asset, catalog.PUBLISHED) if any_published else catalog.physical_columns(con, asset)
     con.execute(
         f"CREATE OR REPLACE VIEW main.{quote_ident(asset)} AS SELECT {_select_list(columns)} "
-        f"FROM {version_table(asset)} WHERE {_version_filter(published)}"
+        f"FROM {version_table(asset)} WHERE {PUBLISHED_COLUMN}"
+    )
+
+
+def _view(
+    con: duckdb.DuckDBPyConnection,
+    asset: str,
+    name: str,
+    members: str,
+    columns: Sequence[str] | None = None,
+    temp: bool = False,
+) -> None:
+    """(Re)create the view `name` (in main, or this connection's `temp` one) of the rows of the versions
+    `members` selects, with their own columns (or `columns`)."""
+    where = _version_filter(con, asset, members)
+    if columns is None:
+        columns = columns_of(con, asset, members) if where != "false" else catalog.physical_columns(con, asset)
+    con.execute(
+        f"CREATE OR REPLACE {'TEMP VIEW ' if temp else 'VIEW main.'}{quote_ident(name)} AS "
+        f"SELECT {_select_list(columns)} FROM {version_table(asset)} WHERE {where}"
     )
 
 
@@ -221,8 +314,8 @@ def create_candidate_views(con: duckdb.DuckDBPyConnection, asset: str, partition
     same partitions), both without the version column. ``candidate`` has every column of the table (NULL where
     the run produced none), so a rule naming a column the run dropped still binds and the schema check, which
     judges what the run produced, reports it."""
-    runs = [r[0] for r in con.execute("SELECT version FROM _bfa_run").fetchall()]
-    version_view(con, asset, "candidate", runs, catalog.physical_columns(con, asset))
+    members = "version IN (SELECT version FROM temp.main._bfa_run)"
+    _view(con, asset, "candidate", members, catalog.physical_columns(con, asset), temp=True)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW previous AS SELECT * FROM main.{quote_ident(asset)} "
         f"WHERE {quote_ident(partition_column)} IN (SELECT partition_date FROM _bfa_run)"
@@ -241,11 +334,7 @@ def version_view(
     con: duckdb.DuckDBPyConnection, asset: str, name: str, versions: Sequence[int], columns: Sequence[str] | None = None
 ) -> None:
     """A temp view `name` of the rows of `versions` of `asset`, with their own columns (or `columns`)."""
-    columns = columns_of(con, asset, versions) if columns is None else columns
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT {_select_list(columns)} "
-        f"FROM {version_table(asset)} WHERE {_version_filter(sorted(versions))}"
-    )
+    _view(con, asset, name, _members(con, name, versions), columns, temp=True)
 
 
 def version_stats(con: duckdb.DuckDBPyConnection, asset: str, versions: Sequence[int]) -> dict[int, tuple[int, str]]:
@@ -282,7 +371,8 @@ def profile_versions(
         hashed = f"hash({', '.join(quote_ident(c) for c in own)})" if own else "0"
         rows = con.execute(
             f"SELECT {VERSION_COLUMN}, count(*), sum({hashed})::HUGEINT{extra} "
-            f"FROM {version_table(asset)} WHERE {_version_filter(sorted(members))} GROUP BY 1",
+            f"FROM {version_table(asset)} WHERE {_version_filter(con, asset, _members(con, 'profile', members))} "
+            "GROUP BY 1",
             dict(params or {}),
         ).fetchall()
         stats.update({r[0]: (r[1], _content_hash(r[1], r[2], own)) for r in rows})
@@ -343,8 +433,8 @@ def decide(
             **ledger,
         )
         if outcome == "publish":
-            catalog.move_pointer(con, cand.asset, cand.versions, action="publish", entry_id=entry, at=at)
-            _create_view(con, cand.asset)
+            replaced = catalog.move_pointer(con, cand.asset, cand.versions, action="publish", entry_id=entry, at=at)
+            _publish_rows(con, cand.asset, new, replaced)
         elif outcome == "hold":
             catalog.set_status(con, [*new, cand.stray_version], "held", at)
         elif outcome == "branch":
@@ -360,12 +450,7 @@ def decide(
 
 def _create_candidate_view(con: duckdb.DuckDBPyConnection, asset: str) -> None:
     """``main.<asset>__candidate``: the newest parallel candidate of each partition."""
-    newest = catalog.newest_with_status(con, asset, "candidate")
-    con.execute(
-        f"CREATE OR REPLACE VIEW main.{quote_ident(asset + '__candidate')} AS "
-        f"SELECT {_select_list(columns_of(con, asset, newest))} FROM {version_table(asset)} "
-        f"WHERE {_version_filter(sorted(newest))}"
-    )
+    _view(con, asset, asset + "__candidate", catalog.candidate_members(asset))
 
 
 def create_merge_view(
@@ -427,11 +512,11 @@ def repoint_in(
             row_count=catalog.row_count(con, list(versions.values())),
             **ledger,
         )
-        catalog.move_pointer(
+        replaced = catalog.move_pointer(
             con, asset, versions, action=action, entry_id=entry, displaced=displaced, step_back=asset in step_back,
             at=at,
         )  # fmt: skip
-        _create_view(con, asset)
+        _publish_rows(con, asset, list(versions.values()), replaced)
         if con.execute(
             "SELECT 1 FROM duckdb_views() WHERE schema_name = 'main' AND view_name = ?", [asset + "__candidate"]
         ).fetchall():
@@ -568,16 +653,11 @@ def branch_overlay(con: duckdb.DuckDBPyConnection, branch: str, skip: str) -> li
         "USING (asset, partition_key)"
     )
     names.append(catalog.POINTER_VIEW)
-    for asset, parts in heads.items():
-        published = {k: v for k, (v, _, _) in catalog.published_partitions(con, asset).items()}
-        staged = {k: v for k, (v, status, _) in parts.items() if status == "branched"}
-        versions = sorted({**published, **staged}.values())
-        columns = _select_list(columns_of(con, asset, versions))
+    for asset in heads:
         name = BRANCH_SELF if asset == skip else asset  # the table being written keeps its main view
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT {columns} "
-            f"FROM {version_table(asset)} WHERE {_version_filter(versions)}"
-        )
+        pointer = f"temp.main.{catalog.POINTER_VIEW}"
+        members = f"version IN (SELECT version FROM {pointer} WHERE asset = {catalog.literal(asset)})"
+        _view(con, asset, name, members, temp=True)
         names.append(name)
     return names
 

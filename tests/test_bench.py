@@ -141,3 +141,25 @@ def test_a_worker_out_of_memory_runs_once_more_from_an_empty_warehouse(tmp_path,
     with pytest.raises(SystemExit, match="BinderError"):
         bench.spawn("bare", db, days=3, events=10)
     assert len(seen) == 1
+
+
+def test_partition_count_benchmark_smoke(tmp_path):
+    """Every size builds its history and times publishes and reads; the benchmark itself refuses a view that
+    disagrees with the plain table or holds other than 50 rows in each of its partitions."""
+    out = tmp_path / "partitions.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/partition_bench.py", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert list(results["sizes"]) == ["50", "200"]
+    for n, size in results["sizes"].items():
+        assert (size["partitions"], size["rows"]) == (int(n), int(n) * 50)
+        assert len(size["publish_runs_s"]) == 2 and all(s > 0 for s in size["publish_runs_s"])
+        assert set(size["reads"]) == {"full aggregation", "one day filtered", "by hour"}
+        assert all(r["view_s"] > 0 and r["plain_s"] > 0 for r in size["reads"].values())
+    assert "worst read ratio" in done.stdout

@@ -1,6 +1,7 @@
 """Write-audit-publish on a small table, straight through the library (no Dagster run)."""
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 import dagster as dg
@@ -532,16 +533,23 @@ def test_a_catalog_from_before_the_pointer_history_is_brought_up_to_date(tmp_pat
         con.execute(f"DROP TABLE bfa.{table}")
         con.execute(f"ALTER TABLE bfa.{table}_old RENAME TO {table}")
     con.execute("DROP TABLE bfa.pointer_history")
+    v = {g: r.partitions["2025-01-02"][0] for g, r in versions.items()}
+    con.execute(f"CREATE OR REPLACE VIEW main.orders AS SELECT * EXCLUDE (_bfa_version, _bfa_published) "
+                f"FROM bfa.orders WHERE _bfa_version IN ({v[4]})")  # fmt: skip
+    con.execute("ALTER TABLE bfa.orders DROP COLUMN _bfa_published")
     con.close()
 
     con = wh.connect(path)
     moves = con.execute("SELECT action, to_version FROM bfa.pointer_history ORDER BY change_id").fetchall()
-    v = {g: r.partitions["2025-01-02"][0] for g, r in versions.items()}
     assert moves == [("publish", v[1]), ("publish", v[2]), ("publish", v[3]), ("rollback", v[2]), ("publish", v[4])]
     assert history.rollback_targets(con, "orders", day) == {"2025-01-02": v[2]}  # g2, not the rolled-back g3
     assert con.execute("SELECT DISTINCT columns FROM bfa.versions").fetchall() == [(["id", "d", "amount"],)]
     with pytest.raises(duckdb.ConstraintException):
         con.execute("INSERT INTO bfa.published SELECT * FROM bfa.published")
+    # rows say whether consumers read them: the pointer's version's rows, and the next publish goes by that
+    assert con.execute("SELECT DISTINCT _bfa_version FROM bfa.orders WHERE _bfa_published").fetchall() == [(v[4],)]
+    history.rollback(con, {"orders": {"2025-01-02": v[2]}}, "back to g2", "me")
+    assert sorted(con.execute("SELECT amount FROM main.orders").fetchall()) == [(Decimal(n),) for n in (2, 3, 4)]
     con.close()
 
 
@@ -565,3 +573,43 @@ def test_a_dataframe_transform_gets_the_declared_types_when_read_in(con):
     with pytest.raises(ValueError, match=r"^orders's transform: the DataFrame does not convert to the declared column "
                        r"types: Could not convert string \"n/a\" to DECIMAL\(18,2\)"):  # fmt: skip
         wap(con, make_spec(), text, run_id="r2")
+
+
+def test_the_consumers_view_shows_exactly_the_published_versions_however_scattered(con, monkeypatch):
+    """60 days loaded, then every third day republished by a run of its own, a held run and a run that is still
+    staging in between, so the published versions scatter among the others: the view shows each day's own
+    generation, and never the held or the staging rows, whether a publish finds the rows it changes by ranges
+    of ids or by a semi-join. The view's definition does not list versions."""
+    sql = """
+    SELECT strftime(d, '%Y%m%d') AS id, d::DATE AS d, $gen::DECIMAL(18, 2) AS amount
+    FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d)
+    """
+    spec = make_spec(rules=[Invariant("not_held", "SELECT * FROM candidate WHERE amount = 99")], max_row_change=9.0)
+    days = [(dt.date(2025, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(60)]
+    model = dict.fromkeys(days, 1)  # what consumers must read: day -> generation
+
+    def run(keys, gen, outcome="publish"):
+        report = write_audit_publish(con, spec, sql, keys, run_id=f"r{gen}-{keys[0]}", params={"gen": gen})
+        assert report.outcome == outcome, report.failure_message()
+        if outcome == "publish":
+            model.update(dict.fromkeys(keys, gen))
+
+    def view_rows():
+        return dict(con.execute("SELECT d::VARCHAR, amount FROM main.orders ORDER BY d").fetchall())
+
+    run(days, 1)
+    for i, day in enumerate(days[::3]):
+        run([day], 2 + i % 2)
+        if i == 5:
+            run([days[1]], 99, "hold")
+            staging = wh.allocate(con, "orders", [(days[2], dt.date.fromisoformat(days[2]))], "still-staging", "1")
+            row = "SELECT 'x' AS id, DATE '2025-01-03' AS d, 7::DECIMAL(18, 2) AS amount"
+            con.execute(f"CREATE OR REPLACE TEMP VIEW staging AS {row}")
+            wh.stage(con, staging, "d", "staging")
+    assert view_rows() == {day: Decimal(gen) for day, gen in model.items()}
+    definition = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'orders'").fetchall()[0][0]
+    assert len(re.findall(r"\b\d+\b", definition.split(" WHERE ", 1)[1])) <= 2 * wh._MAX_RANGES, definition
+
+    monkeypatch.setattr(wh, "_MAX_RANGES", 64)  # the rows the next publish changes found by ranges of ids
+    run([days[0]], 4)
+    assert view_rows() == {day: Decimal(gen) for day, gen in model.items()}

@@ -263,7 +263,10 @@ class History(RuleBasedStateMachine):
             assert self.hashes[(key, g.gen, g.wide)] == content
 
 
-def test_history_state_machine():
+@pytest.mark.parametrize("max_ranges", [None, 1], ids=["version-ranges", "semi-joins"])
+def test_history_state_machine(monkeypatch, max_ranges):
+    if max_ranges:  # versions are found by a semi-join once they form more ranges of ids than this
+        monkeypatch.setattr(wh, "_MAX_RANGES", max_ranges)
     History.TestCase.settings = settings(
         max_examples=EXAMPLES,
         stateful_step_count=12,
@@ -271,7 +274,7 @@ def test_history_state_machine():
         suppress_health_check=[HealthCheck.too_slow],
     )
     History.TestCase().runTest()
-    report("state_machine", examples=EXAMPLES, steps=12)
+    report("state_machine", examples=EXAMPLES, steps=12, max_ranges=max_ranges or wh._MAX_RANGES)
 
 
 def test_every_ledger_entry_says_who_when_and_why(tmp_path):
