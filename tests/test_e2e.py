@@ -664,7 +664,7 @@ def test_7_a_backfill_in_a_branch_is_launched_from_the_dialog_announced_and_publ
             version, rows, content_hash, rows_stored, hash_stored = published_snapshot(con, asset)[key]
             assert (rows, content_hash) == (rows_stored, hash_stored), asset  # the hash recomputed from the rows
             column = SPEC[asset].partition_column
-            stored = f"SELECT * EXCLUDE (_bfa_version) FROM bfa.{asset} WHERE _bfa_version = $version"
+            stored = f"SELECT * EXCLUDE (_bfa_version, _bfa_published) FROM bfa.{asset} WHERE _bfa_version = $version"
             served = f"SELECT * FROM main.{asset} WHERE {column} = $key"
             differ = con.execute(
                 f"SELECT count(*) FROM (({stored} EXCEPT ALL {served}) UNION ALL ({served} EXCEPT ALL {stored}))",
