@@ -5,9 +5,8 @@ partitions), with ``_bfa_run`` listing the partitions, and returns a :class:`Che
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ import duckdb
 import pandera.pandas as pa
 
 from . import catalog
+from .partitions import hashable
 from .spec import Invariant, Pattern, Reconcile, TableSpec, quote_ident
 from .warehouse import describe, sql_params
 
@@ -85,12 +85,12 @@ def check_unique(
     ).fetchall()[0]
     elsewhere: list[dict] = []
     clashes = 0
-    if published and spec.partition_column not in spec.grain:
-        part = quote_ident(spec.partition_column)
+    if published and not set(spec.partition_columns) <= set(spec.grain):
+        part = spec.scheme.expr("p.")
         same = " AND ".join(f"p.{quote_ident(c)} = c.{quote_ident(c)}" for c in spec.grain)
         clash_sql = (
-            f"SELECT {', '.join(f'p.{quote_ident(c)}' for c in spec.grain)}, p.{part} AS published_in "
-            f"FROM {published} p WHERE p.{part} NOT IN (SELECT partition_date FROM _bfa_run) "
+            f"SELECT {', '.join(f'p.{quote_ident(c)}' for c in spec.grain)}, {part} AS published_in "
+            f"FROM {published} p WHERE {part} NOT IN (SELECT partition_value FROM _bfa_run) "
             f"AND EXISTS (SELECT 1 FROM candidate c WHERE {same})"
         )
         clashes = con.execute(f"SELECT count(*) FROM ({clash_sql})").fetchall()[0][0]
@@ -110,7 +110,7 @@ def check_unique(
             f"HAVING count(*) > 1 ORDER BY copies DESC, {keys} LIMIT {SAMPLE_ROWS}",
         )
     if null_keys:  # grain and partition columns only: samples land in Dagster's event log
-        shown = ", ".join(quote_ident(c) for c in dict.fromkeys([*spec.grain, spec.partition_column]))
+        shown = ", ".join(quote_ident(c) for c in dict.fromkeys([*spec.grain, *spec.partition_columns]))
         failures += _rows(con, f"SELECT {shown} FROM candidate WHERE {_any_null(spec.grain)} LIMIT {SAMPLE_ROWS}")
     grain = "(" + ", ".join(spec.grain) + ")"
     problems = []
@@ -335,35 +335,38 @@ def _null_rates(
     return out
 
 
-def metric_values(con: duckdb.DuckDBPyConnection, spec: TableSpec, relation: str) -> dict[dt.date, dict[str, Any]]:
-    """partition date -> {metric: value} over `relation` (``candidate`` or ``previous``)."""
-    return metric_values_of(con, spec.metrics, spec.partition_column, relation)
+def metric_values(con: duckdb.DuckDBPyConnection, spec: TableSpec, relation: str) -> dict[Hashable, dict[str, Any]]:
+    """partition value -> {metric: value} over `relation` (``candidate`` or ``previous``)."""
+    return metric_values_of(con, spec.metrics, spec.scheme.expr(), relation)
 
 
 def metric_values_of(
-    con: duckdb.DuckDBPyConnection, metrics: Mapping[str, str], partition_column: str, relation: str
-) -> dict[dt.date, dict[str, Any]]:
-    """partition date -> {metric: value}; metric expressions are code from a table spec, not user input."""
+    con: duckdb.DuckDBPyConnection, metrics: Mapping[str, str], partition: str, relation: str
+) -> dict[Hashable, dict[str, Any]]:
+    """partition value (partitions.hashable of a row's `partition` SQL) -> {metric: value}; metric expressions
+    are code from a table spec, not user input."""
     if not metrics:
         return {}
     exprs = ", ".join(f"{expr} AS {quote_ident(name)}" for name, expr in metrics.items())
-    rows = _rows(con, f"SELECT {quote_ident(partition_column)} AS _p, {exprs} FROM {quote_ident(relation)} GROUP BY 1")
-    return {r.pop("_p"): r for r in rows}
+    rows = _rows(con, f"SELECT {partition} AS _p, {exprs} FROM {quote_ident(relation)} GROUP BY 1")
+    return {hashable(r.pop("_p")): r for r in rows}
 
 
 def check_reconciled(
     con: duckdb.DuckDBPyConnection,
     spec: TableSpec,
     params: Mapping[str, Any],
-    actual: Mapping[dt.date, Mapping[str, Any]],
-    slices: Sequence[Sequence[tuple[str, dt.date, dt.date]]],
+    actual: Mapping[Hashable, Mapping[str, Any]],
+    slices: Sequence[Sequence[str]],
 ) -> CheckOutcome:
-    """`actual`: the candidate's metric values per partition date (from :func:`metric_values`); `slices`: the
-    run's partition windows (key, start, end exclusive) in the groups they were written in. A Reconcile rule's
-    expected values are computed one slice at a time, with ``$start``/``$end`` bound to the slice, so its
-    memory stays bounded like the write's; of each slice's answer only the slice's own dates count. The
-    Invariants run once, over the whole window in `params`."""
-    dates = [start for part in slices for _, start, _ in part]
+    """`actual`: the candidate's metric values per partition value (from :func:`metric_values`); `slices`: the
+    run's partition keys in the groups they were written in. A Reconcile rule's expected values are computed
+    one slice at a time, with ``$start``/``$end`` (and ``$keys``) bound to the slice, so its memory stays
+    bounded like the write's; of each slice's answer only the slice's own partitions count. The Invariants run
+    once, over the whole run's scope in `params`."""
+    scheme = spec.scheme
+    width = len(scheme.columns)  # an expected row: the partition columns, then the value
+    values = {k: hashable(scheme.value(k)) for part in slices for k in part}
     figures: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
     broken = []
@@ -371,18 +374,17 @@ def check_reconciled(
         if isinstance(rule, Reconcile):
             expected = {}
             for part in slices:
-                own = {start for _, start, _ in part}
-                window = {**params, "start": part[0][1], "end": part[-1][2]}
+                own = {values[k] for k in part}
+                window = {**params, **scheme.params(part)}
                 rows = con.execute(rule.expected_sql, sql_params(rule.expected_sql, window)).fetchall()
-                expected.update((d, v) for d, v in rows if d in own)
+                got = ((scheme.row_value(*r[:width]), r[width]) for r in rows)
+                expected.update((d, v) for d, v in got if d in own)
             bad = []
-            for d in dates:
+            for key, d in values.items():
                 a = _num(actual.get(d, {}).get(rule.metric))
                 e = _num(expected.get(d))
                 if abs(a - e) > max(rule.abs_tol, rule.rel_tol * abs(e)):
-                    bad.append(
-                        {"rule": rule.name, "partition": str(d), "actual": a, "expected": e, "difference": a - e}
-                    )
+                    bad.append({"rule": rule.name, "partition": key, "actual": a, "expected": e, "difference": a - e})
             figures[f"{rule.name}.partitions_off"] = len(bad)
             if bad:
                 worst = max(bad, key=lambda b: abs(b["difference"]))
@@ -403,7 +405,7 @@ def check_reconciled(
                 failures += [
                     {"rule": rule.name, **r} for r in _rows(con, f"SELECT * FROM ({sql}) LIMIT {SAMPLE_ROWS}", bound)
                 ]
-    summary = "; ".join(broken) if broken else f"{len(spec.rules)} rules hold over {len(dates)} partitions"
+    summary = "; ".join(broken) if broken else f"{len(spec.rules)} rules hold over {len(values)} partitions"
     return CheckOutcome(RECONCILED, not broken, summary, figures, failures)
 
 

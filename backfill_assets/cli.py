@@ -660,11 +660,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     try:
         if keys is None:  # the branch's partitions of the table
             keys = sorted(catalog.branch_heads(con, args.branch).get(args.asset, {}))
-        dates = {node.partitions_def.time_window_for_partition_key(k).start.date(): k for k in keys}
+        scheme = planning.scheme_of(node)
         pairs = history.diff_pairs(con, args.asset, keys, args.base, args.target, args.branch)
-        result, moved = history.diff_versions(
-            con, args.asset, grain, str(_metadata(node, "partition_column")), metrics, pairs, dates
-        )
+        result, moved = history.diff_versions(con, args.asset, grain, scheme, metrics, pairs)
     finally:
         con.close()
     if args.json:

@@ -136,8 +136,7 @@ def _announce_branch(context: dg.AssetExecutionContext, branch: str) -> None:
     seeds = {}
     for key, keys in targeted.items():
         pdef = graph.get(key).partitions_def
-        time_keys = isinstance(pdef, dg.TimeWindowPartitionsDefinition)
-        seeds[key] = planning.partition_index(pdef).ranges_of(keys) if time_keys else []
+        seeds[key] = planning.partition_index(pdef).ranges_of(keys) if pdef is not None else []
     plan = planning.blast_radius(graph, seeds)
     who = f"Dagster backfill {backfill_id}" if backfill_id else f"run {context.run.run_id}"
     notice = changes.maintenance_notice(plan, branch, who, reviewer=None)
@@ -192,8 +191,11 @@ def _asset_spec(spec: TableSpec, deps) -> dg.AssetSpec:
     metadata: dict[str, Any] = {
         "dagster/table_name": f"main.{spec.name}",
         "grain": ", ".join(spec.grain),
-        planning.TABLE_METADATA: spec.partition_column,
-        "partition_type": spec.partition_type,
+        planning.TABLE_METADATA: ", ".join(spec.partition_columns),
+        planning.SCHEME_METADATA: dg.MetadataValue.json(
+            {"columns": spec.partition_column, "types": {c: spec.columns[c].type for c in spec.partition_columns
+                                                         if c in spec.columns}}
+        ),
         "incomplete_inputs": spec.incomplete_inputs,
         "write_strategy": spec.write_strategy,
         "retention": dg.MetadataValue.json({"keep_versions": spec.keep_versions, "keep_days": spec.keep_days}),

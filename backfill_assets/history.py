@@ -15,6 +15,7 @@ import duckdb
 
 from . import audit, catalog, changes, diff
 from . import warehouse as wh
+from .partitions import Scheme, hashable
 
 GROUPING_TAGS = ("dagster/backfill", "backfill_assets/brief")  # run tags that make several runs one backfill
 
@@ -355,19 +356,19 @@ def diff_versions(
     con: duckdb.DuckDBPyConnection,
     asset: str,
     grain: Sequence[str],
-    partition_column: str,
+    scheme: Scheme,
     metrics: Mapping[str, str],
     pairs: Mapping[str, tuple[int, int]],
-    dates: Mapping[Any, str],
 ) -> tuple[diff.DiffResult, list[changes.MetricChange]]:
-    """Keyed diff of the base and target versions, and every metric before/after per partition.
-    `dates` maps each partition's start date to its key."""
+    """Keyed diff of the base and target versions of partition -> (base, target) `pairs`, and every metric
+    before/after per partition."""
+    values = {hashable(scheme.value(k)): k for k in pairs}
     wh.version_view(con, asset, "_bfa_diff_base", [b for b, _ in pairs.values()])
     wh.version_view(con, asset, "_bfa_diff_target", [t for _, t in pairs.values()])
     result = diff.diff_relations(con, "_bfa_diff_base", "_bfa_diff_target", list(grain))
 
     def keyed(relation: str) -> dict[str, dict[str, Any]]:
-        values = audit.metric_values_of(con, metrics, partition_column, relation)
-        return {dates[d]: m for d, m in values.items() if d in dates}
+        found = audit.metric_values_of(con, metrics, scheme.expr(), relation)
+        return {values[d]: m for d, m in found.items() if d in values}
 
     return result, changes.metric_changes(asset, keyed("_bfa_diff_base"), keyed("_bfa_diff_target"))

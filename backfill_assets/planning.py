@@ -20,9 +20,18 @@ import duckdb
 
 from . import catalog
 from .audit import plural
+from .partitions import Scheme
 
 Ranges = list[tuple[int, int]]  # sorted, disjoint, half-open [lo, hi) partition index ranges
 TABLE_METADATA = "partition_column"  # definition metadata every derived table has (set by derived_asset)
+SCHEME_METADATA = "partition_scheme"  # its partition columns and their declared types, to rebuild its Scheme
+
+
+def scheme_of(node: Any) -> Scheme:
+    """The partition scheme of a derived table's asset node, from its definition metadata."""
+    meta = getattr(node.metadata[SCHEME_METADATA], "value", node.metadata[SCHEME_METADATA])
+    meta = json.loads(meta) if isinstance(meta, str) else meta
+    return Scheme.of(node.partitions_def, meta["columns"], meta["types"], node.key.to_user_string())
 WHOLE = "whole asset"  # what an unpartitioned asset in a blast radius rebuilds
 
 
@@ -32,7 +41,8 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class PartitionIndex:
-    """The partitions of a time-window definition as positions: partition i spans starts[i]..starts[i+1]."""
+    """The partitions of a definition as positions, in Dagster's order. For a time-window definition partition
+    i spans starts[i]..starts[i+1]; other definitions have no starts."""
 
     keys: tuple[str, ...]
     starts: tuple[float, ...]  # timestamps; one more than keys: the end of the last partition
@@ -64,8 +74,19 @@ class PartitionIndex:
 _INDEXES: dict[Any, PartitionIndex] = {}
 
 
-def partition_index(pdef: dg.TimeWindowPartitionsDefinition) -> PartitionIndex:
+def partition_index(pdef: dg.PartitionsDefinition) -> PartitionIndex:
     """The index of `pdef`'s partitions that exist now (cached per definition)."""
+    if not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        if isinstance(pdef, dg.DynamicPartitionsDefinition) or (
+            isinstance(pdef, dg.MultiPartitionsDefinition)
+            and any(isinstance(d.partitions_def, dg.DynamicPartitionsDefinition) for d in pdef.partitions_defs)
+        ):
+            raise PlanError(f"dynamic partitions ({pdef}) cannot be planned: their keys live in the Dagster instance")
+        cache = ("keys", repr(pdef))
+        if cache not in _INDEXES:
+            keys = tuple(str(k) for k in pdef.get_partition_keys())
+            _INDEXES[cache] = PartitionIndex(keys, (), {k: i for i, k in enumerate(keys)})
+        return _INDEXES[cache]
     cache_key = (
         pdef.cron_schedule,
         pdef.start,
@@ -234,7 +255,7 @@ def blast_radius(graph, seeds: Mapping[dg.AssetKey, Ranges], reasons: Mapping[dg
         d, via = depth[key]
         pdef = node.partitions_def
         r = ranges[key]
-        index = partition_index(pdef) if isinstance(pdef, dg.TimeWindowPartitionsDefinition) else None
+        index = partition_index(pdef) if pdef is not None else None
         impacts.append(
             Impact(
                 asset=key.to_user_string(),
@@ -288,18 +309,31 @@ def _map_edge(graph, parent: dg.AssetKey, child: dg.AssetKey, ranges: Ranges) ->
         return []
     if parent_def is None:  # every partition of the child reads the whole unpartitioned parent
         return [(0, len(partition_index(child_def).keys))]
-    if not isinstance(parent_def, dg.TimeWindowPartitionsDefinition) or not isinstance(
-        child_def, dg.TimeWindowPartitionsDefinition
-    ):
-        raise PlanError(f"{child.to_user_string()}: only time-window partitions can be planned")
     mapping = graph.get_partition_mapping(child, parent)
-    if isinstance(mapping, dg.TimeWindowPartitionMapping):
-        offsets = (mapping.start_offset, mapping.end_offset)
-    elif isinstance(mapping, dg.IdentityPartitionMapping) and parent_def == child_def:
-        offsets = (0, 0)
-    else:
-        raise PlanError(f"{child.to_user_string()}: partition mapping {type(mapping).__name__} cannot be planned")
-    return map_downstream(ranges, partition_index(parent_def), partition_index(child_def), *offsets)
+    if isinstance(parent_def, dg.TimeWindowPartitionsDefinition) and isinstance(
+        child_def, dg.TimeWindowPartitionsDefinition
+    ):  # our arithmetic, property-tested against Dagster's (tests/test_planning.py); 100x faster at 3 years
+        if isinstance(mapping, dg.TimeWindowPartitionMapping):
+            offsets = (mapping.start_offset, mapping.end_offset)
+            return map_downstream(ranges, partition_index(parent_def), partition_index(child_def), *offsets)
+        if isinstance(mapping, dg.IdentityPartitionMapping) and parent_def == child_def:
+            return map_downstream(ranges, partition_index(parent_def), partition_index(child_def))
+    return _map_with_dagster(child, mapping, parent_def, child_def, ranges)
+
+
+def _map_with_dagster(child: dg.AssetKey, mapping, parent_def, child_def, ranges: Ranges) -> Ranges:
+    """Child partitions that read any of the parent's `ranges`, as Dagster's mapping API says (static and
+    multi-partition mappings, all- and last-partition mappings)."""
+    parent, kids = partition_index(parent_def), partition_index(child_def)
+    subset = parent_def.subset_with_partition_keys(parent.keys_in(ranges))
+    try:
+        mapped = mapping.get_downstream_partitions_for_partitions(subset, parent_def, child_def)
+    except Exception as e:  # noqa: BLE001 -- Dagster raises many kinds for a mapping that does not fit
+        raise PlanError(
+            f"{child.to_user_string()}: partition mapping {type(mapping).__name__} cannot be planned "
+            f"between {parent_def} and {child_def}: {e}"
+        ) from None
+    return kids.ranges_of(str(k) for k in mapped.get_partition_keys())
 
 
 @dataclass(frozen=True)
@@ -326,19 +360,42 @@ def required_inputs(
     for parent in parents:
         parent_def = graph.get(parent).partitions_def
         mapping = graph.get_partition_mapping(child, parent)
-        offset = getattr(mapping, "end_offset", 0)
-        wide_child = _extended(child_def, offset + 1)
-        wide_parent = _extended(parent_def, _span(child_def, parent_def, offset + 1))
+        wide_child, wide_parent = child_def, parent_def
+        if isinstance(child_def, dg.TimeWindowPartitionsDefinition) and isinstance(
+            parent_def, dg.TimeWindowPartitionsDefinition
+        ):  # partitions after the last one exist for late data; other definitions are taken as they are
+            offset = getattr(mapping, "end_offset", 0)
+            wide_child = _extended(child_def, offset + 1)
+            wide_parent = _extended(parent_def, _span(child_def, parent_def, offset + 1))
         for key in keys:
-            window = child_def.time_window_for_partition_key(key)
             mapped = mapping.get_upstream_mapped_partitions_result_for_partitions(
                 wide_child.subset_with_partition_keys([key]), wide_child, wide_parent
             ).partitions_subset.get_partition_keys()
+            end = _time_window(wide_child, key)
             out[key] += [
-                Need(parent.to_user_string(), k, wide_parent.time_window_for_partition_key(k).start >= window.end)
+                Need(parent.to_user_string(), k, end is not None and _starts_after(wide_parent, k, end[1]))
                 for k in mapped
             ]
     return out
+
+
+def _time_window(pdef: dg.PartitionsDefinition | None, key: str) -> tuple[dt.datetime, dt.datetime] | None:
+    """(start, end) of the time window of `key` (of its time dimension in a multi-partition definition), or
+    None when `pdef` has no time dimension."""
+    if isinstance(pdef, dg.MultiPartitionsDefinition):
+        dims = {d.name: d.partitions_def for d in pdef.partitions_defs}
+        parts = pdef.get_partition_key_from_str(key).keys_by_dimension
+        times = [n for n, d in dims.items() if isinstance(d, dg.TimeWindowPartitionsDefinition)]
+        return _time_window(dims[times[0]], parts[times[0]]) if times else None
+    if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        w = pdef.time_window_for_partition_key(key)
+        return w.start, w.end
+    return None
+
+
+def _starts_after(pdef: dg.PartitionsDefinition | None, key: str, moment: dt.datetime) -> bool:
+    window = _time_window(pdef, key)
+    return window is not None and window[0] >= moment
 
 
 def _extended(pdef: dg.TimeWindowPartitionsDefinition, extra: int) -> dg.TimeWindowPartitionsDefinition:

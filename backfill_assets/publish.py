@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import audit, catalog, sqltext, warehouse
 from . import partitions as schemes
-from .partitions import Bound, Window
+from .partitions import Bound
 from .spec import TableSpec, quote_ident
 
 SOURCE_VIEW = "_bfa_source"
@@ -22,18 +22,22 @@ MERGED_VIEW = "_bfa_merged"
 
 @dataclass(frozen=True)
 class TransformContext:
-    """What a Python transform gets: an open connection and the window it must produce (end exclusive; dates
-    or timestamps, as the partition column holds them)."""
+    """What a Python transform gets: an open connection and the partitions it must produce: the window (end
+    exclusive; dates or timestamps, as the partition column holds them; None without a time dimension) and the
+    static keys (empty without a static dimension)."""
 
     con: duckdb.DuckDBPyConnection
-    start: Bound
-    end: Bound
+    start: Bound | None
+    end: Bound | None
     partition_keys: Sequence[str]
     params: Mapping[str, Any]
+    keys: Sequence[str] = ()
 
     def sql(self, query: str, **extra: Any) -> duckdb.DuckDBPyRelation:
-        """Run `query` with ``$start``, ``$end`` and the asset's params bound (plus `extra`)."""
-        values = {**self.params, "start": self.start, "end": self.end, **extra}
+        """Run `query` with ``$start``, ``$end``, ``$keys`` (those the table's partitions have) and the asset's
+        params bound (plus `extra`)."""
+        scope = {"start": self.start, "end": self.end} if self.start is not None else {}
+        values = {**self.params, **scope, **({"keys": list(self.keys)} if self.keys else {}), **extra}
         query = sqltext.statement(query, "the transform's SQL")
         return self.con.sql(query, params=warehouse.sql_params(query, values))
 
@@ -143,8 +147,9 @@ def _write_audit_publish(
             checks=_checks_json([gate]), reason=report.failure_message(), actor=actor,
         )  # fmt: skip
         return report
-    windows = _windows(spec, partition_keys)
-    partitions, window, slices = [(k, start) for k, start, _ in windows], _span(windows), _slices(spec, windows)
+    scheme = spec.scheme
+    slices = scheme.slices(partition_keys, spec.partitions_per_write)
+    partitions, window = [(k, scheme.value(k)) for part in slices for k in part], scheme.params(partition_keys)
     warehouse.abandon_orphans(con, spec.name)
     cand = warehouse.allocate(con, spec.name, partitions, run_id, spec.code_version)
     try:
@@ -155,12 +160,12 @@ def _write_audit_publish(
             produced.update(_stage(con, spec, transform, cand, part, params))
             if log and len(slices) > 1:
                 log(
-                    f"{spec.name}: staged {part[0][0]}..{part[-1][0]} "
+                    f"{spec.name}: staged {part[0]}..{part[-1]} "
                     f"(slice {i} of {len(slices)}) in {time.perf_counter() - started:.1f}s"
                 )
         warehouse.load_run_table(con, [(k, d, cand.versions[k]) for k, d in partitions])
         t1 = time.perf_counter()
-        warehouse.create_candidate_views(con, spec.name, spec.partition_column)
+        warehouse.create_candidate_views(con, spec.name, scheme.expr())
         stats, profile = warehouse.profile_versions(
             con,
             spec.name,
@@ -236,9 +241,9 @@ def audit_published(
             audit.CheckOutcome(name, False, f"{spec.name} has no published partitions to check")
             for name in audit.check_names(spec)
         ]
-    windows = _windows(spec, list(published))
-    window, slices = _span(windows), _slices(spec, windows)
-    warehouse.load_run_table(con, [(k, start, published[k][0]) for k, start, _ in windows])
+    scheme = spec.scheme
+    window, slices = scheme.params(list(published)), scheme.slices(list(published), spec.partitions_per_write)
+    warehouse.load_run_table(con, [(k, scheme.value(k), published[k][0]) for part in slices for k in part])
     warehouse.create_published_views(con, spec.name)
     versions = {k: v for k, (v, _, _) in published.items()}
     _, profile = warehouse.profile_versions(
@@ -257,32 +262,18 @@ def audit_published(
     return [audit.provisional_published(catalog.provisional(con, spec.name)), *outcomes]
 
 
-def _windows(spec: TableSpec, keys: Sequence[str]) -> list[Window]:
-    """(key, start, end exclusive) of each partition, in time order, as the partition column holds them."""
-    return schemes.windows(spec.partitions, spec.partition_type, keys)
-
-
-def _span(windows: Sequence[Window]) -> dict[str, Bound]:
-    """The window sorted partitions span: {start, end (exclusive)}."""
-    return {"start": windows[0][1], "end": windows[-1][2]}
-
-
-def _slices(spec: TableSpec, windows: Sequence[Window]) -> list[list[Window]]:
-    """The sorted windows in groups of ``spec.partitions_per_write``: what one statement writes or reconciles."""
-    n = spec.partitions_per_write
-    return [list(windows[i : i + n]) for i in range(0, len(windows), n)]
-
-
-def _stage(con, spec, transform, cand, windows, params) -> list[tuple[str, str]]:
-    """Stage the rows of some of the run's partitions in one statement. The transform runs for their window
-    and ``_bfa_run`` lists only them, so a row it returns outside them gets the stray version."""
-    warehouse.load_run_table(con, [(k, start, cand.versions[k]) for k, start, _ in windows])
-    _create_source_view(con, spec, transform, _span(windows), [k for k, _, _ in windows], params)
+def _stage(con, spec, transform, cand, keys, params) -> list[tuple[str, str]]:
+    """Stage the rows of some of the run's partitions in one statement. The transform runs for their scope (see
+    partitions.Scheme.params) and ``_bfa_run`` lists only them, so a row it returns outside them gets the stray
+    version."""
+    scheme = spec.scheme
+    warehouse.load_run_table(con, [(k, scheme.value(k), cand.versions[k]) for k in keys])
+    _create_source_view(con, spec, transform, scheme.params(keys), keys, params)
     staged_from = SOURCE_VIEW
     if spec.write_strategy == "merge_by_key" and spec.missing_keys == "keep":
-        warehouse.create_merge_view(con, spec.name, spec.grain, spec.partition_column, SOURCE_VIEW, MERGED_VIEW)
+        warehouse.create_merge_view(con, spec.name, spec.grain, scheme.expr("p."), SOURCE_VIEW, MERGED_VIEW)
         staged_from = MERGED_VIEW
-    return warehouse.stage(con, cand, spec.partition_column, staged_from)
+    return warehouse.stage(con, cand, scheme.expr("s."), staged_from)
 
 
 def _audit(
@@ -299,8 +290,8 @@ def _audit(
     cross_partition=True,
     table_view=None,  # the table's other partitions as the run sees them (in a branch: the branch's), not main's
 ):
-    by_date = {start: k for part in slices for k, start, _ in part}
-    after = {d: audit.profiled_metrics(profile[k]) for d, k in by_date.items() if k in profile and spec.metrics}
+    by_value = {schemes.hashable(spec.scheme.value(k)): k for part in slices for k in part}
+    after = {d: audit.profiled_metrics(profile[k]) for d, k in by_value.items() if k in profile and spec.metrics}
     before = audit.metric_values(con, spec, "previous")
     null_keys = sum(values[("null_keys",)] for values in profile.values())
     outcomes = []
@@ -321,8 +312,8 @@ def _audit(
     if spec.personal_data:
         run(audit.check_private, spec, profile)
 
-    def keyed(values):
-        return {by_date[d]: m for d, m in sorted(values.items()) if d in by_date}
+    def keyed(values):  # in the order the run writes its partitions
+        return {k: values[d] for d, k in by_value.items() if d in values}
 
     return outcomes, keyed(before), keyed(after)
 
@@ -332,7 +323,8 @@ def _create_source_view(con, spec, transform, window, keys, params) -> None:
         sql = sqltext.statement(transform, f"{spec.name}'s transform")
         rel = con.sql(sql, params=warehouse.sql_params(sql, {**params, **window}))
     else:
-        rel = transform(TransformContext(con, window["start"], window["end"], keys, params))
+        scope = {"start": window.get("start"), "end": window.get("end"), "keys": window.get("keys", ())}
+        rel = transform(TransformContext(con, partition_keys=keys, params=params, **scope))
         if isinstance(rel, pd.DataFrame):
             declared = {name: col.type for name, col in spec.columns.items()}
             warehouse.read_frame(con, rel, SOURCE_VIEW, declared, f"{spec.name}'s transform")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,14 +131,17 @@ def _one_statement(sql: str, where: str) -> str:
 class TableSpec:
     """A partitioned, versioned derived table.
 
-    The `partition_column` holds the start of the row's partition: a DATE for partitions that start at
-    midnight (the day, the week's first day, the month's first day), a TIMESTAMPTZ for any time window
-    (hourly, an hour offset), or a TIMESTAMP for a definition in UTC (see :mod:`backfill_assets.partitions`).
+    `partitions` is a time-window, static or dynamic definition, or a multi-partition definition of a time
+    dimension and a static one (e.g. date x region). The `partition_column` holds each row's partition: for
+    a time window its start, a DATE for partitions that start at midnight (the day, the week's first day, the
+    month's first day), a TIMESTAMPTZ for any time window (hourly, an hour offset), or a TIMESTAMP for a
+    definition in UTC; for static partitions the key. For a multi-partition definition it maps each dimension
+    to its column (see :mod:`backfill_assets.partitions`).
     """
 
     name: str
-    partitions: dg.TimeWindowPartitionsDefinition
-    partition_column: str
+    partitions: dg.PartitionsDefinition
+    partition_column: str | Mapping[str, str]
     grain: Sequence[str]
     columns: dict[str, Column]
     code_version: str
@@ -178,27 +181,25 @@ class TableSpec:
         quote_ident(self.name)
         if self.name.lower() in RESERVED_NAMES or self.name.endswith("__candidate"):
             raise SpecError(f"{where}: {self.name!r} is reserved for the warehouse catalog; choose another name")
-        for col in (self.partition_column, *self.grain, *self.columns):
+        column = self.partition_column
+        named = column.values() if isinstance(column, Mapping) else [column]
+        for col in (*named, *self.grain, *self.columns):
             try:
                 quote_ident(col)
             except SpecError as e:
                 raise SpecError(f"{where}: {e}") from None
-        if not isinstance(self.partitions, dg.TimeWindowPartitionsDefinition):
-            raise SpecError(
-                f"{where}: partitions must be a time-window partitions definition (hourly, daily, weekly, monthly "
-                f"or a cron); {type(self.partitions).__name__} is not supported yet"
-            )
-        declared = self.columns.get(self.partition_column)
+        declared = {name: col.type for name, col in self.columns.items()}
         try:
-            schemes.column_type(self.partitions, declared.type if declared else None, where)
+            scheme = schemes.Scheme.of(self.partitions, self.partition_column, declared, where)
         except ValueError as e:
             raise SpecError(str(e)) from None
+        object.__setattr__(self, "scheme", scheme)
         if self.incomplete_inputs not in INCOMPLETE_INPUTS:
             raise SpecError(f"{where}: incomplete_inputs must be 'refuse' or 'provisional'")
         if not self.grain:
             raise SpecError(f"{where}: declare the grain, the columns that identify one row")
         if self.columns:
-            missing = [c for c in (self.partition_column, *self.grain) if c not in self.columns]
+            missing = [c for c in (*scheme.columns, *self.grain) if c not in self.columns]
             if missing:
                 raise SpecError(f"{where}: grain/partition columns {missing} are not among the declared columns")
         for rule in self.rules:
@@ -229,11 +230,12 @@ class TableSpec:
         if len({r.name for r in self.rules}) != len(self.rules):
             raise SpecError(f"{where}: rule names must be unique")
 
+    scheme: schemes.Scheme = field(init=False, repr=False, compare=False)
+
     @property
-    def partition_type(self) -> str:
-        """DATE, TIMESTAMP or TIMESTAMPTZ: how the partition column holds a partition's start."""
-        declared = self.columns.get(self.partition_column)
-        return schemes.column_type(self.partitions, declared.type if declared else None, self.name)
+    def partition_columns(self) -> list[str]:
+        """The columns that hold a row's partition, the time dimension's first."""
+        return self.scheme.columns
 
     @property
     def backfill_policy(self) -> dg.BackfillPolicy:

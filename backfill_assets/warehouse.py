@@ -70,12 +70,12 @@ def allocate(
 
 
 def load_run_table(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, Any, int]]) -> None:
-    """The temp table ``_bfa_run``: (partition_key, partition_date, version) being written or audited;
-    ``partition_date`` is the partition's start as its partition column stores it (a date or a timestamp)."""
+    """The temp table ``_bfa_run``: (partition_key, partition_value, version) being written or audited;
+    ``partition_value`` is what the partition's rows carry (see partitions.Scheme.value)."""
     keys, starts, versions = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _bfa_run AS SELECT unnest(?::VARCHAR[]) AS partition_key, "
-        "unnest(?) AS partition_date, unnest(?::BIGINT[]) AS version",
+        "unnest(?) AS partition_value, unnest(?::BIGINT[]) AS version",
         [keys, starts or None, versions],
     )
 
@@ -105,12 +105,13 @@ def describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[st
 
 
 def stage(
-    con: duckdb.DuckDBPyConnection, cand: Candidate, partition_column: str, source_view: str
+    con: duckdb.DuckDBPyConnection, cand: Candidate, partition: str, source_view: str
 ) -> list[tuple[str, str]]:
     """Write the rows of `source_view` as the run's candidate versions (committed, not published); returns
     the columns the source produced, which become the versions' own columns.
 
-    Each row gets the version of the partition its `partition_column` falls in; rows outside
+    Each row gets the version of the partition its `partition` value (SQL over the row's columns, qualified
+    by ``s.``; see partitions.Scheme.expr) names; rows outside
     the run's partitions (in ``_bfa_run``) get the stray version so the completeness check can report them.
     A new column is added to the version table, where other versions read it as NULL, but it reaches no
     consumers' view until a version that has it is published.
@@ -142,7 +143,7 @@ def stage(
         con.execute(
             f"INSERT INTO {table} BY NAME "
             f"SELECT s.*, coalesce(r.version, ?) AS {VERSION_COLUMN} FROM {quote_ident(source_view)} s "
-            f"LEFT JOIN _bfa_run r ON s.{quote_ident(partition_column)} = r.partition_date "
+            f"LEFT JOIN _bfa_run r ON {partition} = r.partition_value "
             f"ORDER BY {VERSION_COLUMN}",
             [cand.stray_version],
         )
@@ -309,16 +310,16 @@ def _view(
     )
 
 
-def create_candidate_views(con: duckdb.DuckDBPyConnection, asset: str, partition_column: str) -> None:
+def create_candidate_views(con: duckdb.DuckDBPyConnection, asset: str, partition: str) -> None:
     """Temp views ``candidate`` (this run's in-window rows) and ``previous`` (what is published now for the
     same partitions), both without the version column. ``candidate`` has every column of the table (NULL where
     the run produced none), so a rule naming a column the run dropped still binds and the schema check, which
-    judges what the run produced, reports it."""
+    judges what the run produced, reports it. `partition`: a row's partition value in SQL (Scheme.expr())."""
     members = "version IN (SELECT version FROM temp.main._bfa_run)"
     _view(con, asset, "candidate", members, catalog.physical_columns(con, asset), temp=True)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW previous AS SELECT * FROM main.{quote_ident(asset)} "
-        f"WHERE {quote_ident(partition_column)} IN (SELECT partition_date FROM _bfa_run)"
+        f"WHERE {partition} IN (SELECT partition_value FROM _bfa_run)"
     )
 
 
@@ -457,12 +458,13 @@ def create_merge_view(
     con: duckdb.DuckDBPyConnection,
     asset: str,
     grain: Sequence[str],
-    partition_column: str,
+    partition: str,
     source_view: str,
     merged_view: str,
 ) -> None:
     """A temp view of the rows a merge-by-key run publishes with missing keys kept: the run's rows, plus
-    the published rows of its partitions whose grain key the run did not produce."""
+    the published rows of its partitions whose grain key the run did not produce. `partition`: a published
+    row's partition value in SQL, over ``p.`` (Scheme.expr("p."))."""
     source = quote_ident(source_view)
     if not table_exists(con, asset):
         con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(merged_view)} AS SELECT * FROM {source}")
@@ -471,7 +473,7 @@ def create_merge_view(
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {quote_ident(merged_view)} AS SELECT * FROM {source} UNION ALL BY NAME "
         f"SELECT p.* FROM main.{quote_ident(asset)} p "
-        f"WHERE p.{quote_ident(partition_column)} IN (SELECT partition_date FROM _bfa_run) "
+        f"WHERE {partition} IN (SELECT partition_value FROM _bfa_run) "
         f"AND NOT EXISTS (SELECT 1 FROM {source} s WHERE {same_key})"
     )
 

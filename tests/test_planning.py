@@ -58,6 +58,64 @@ def test_downstream_partitions_equal_dagsters_mapping(edge, ranges):
     assert sorted(ours) == dagster_downstream(parent, child, mapping, parent_index.keys_in(changed))
 
 
+REGIONS = dg.StaticPartitionsDefinition(["apac", "eu", "latam", "us"])
+TEN_DAYS = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-01-11")
+DAY_X_REGION = dg.MultiPartitionsDefinition({"date": TEN_DAYS, "region": REGIONS})
+PREVIOUS_DAY_SAME_REGION = dg.MultiPartitionMapping(
+    {
+        "date": dg.DimensionPartitionMapping("date", dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=0)),
+        "region": dg.DimensionPartitionMapping("region", dg.IdentityPartitionMapping()),
+    }
+)
+# (parent, child, mapping) of the static and multi-partition kinds, and the all- and last-partition mappings.
+KEYED_EDGES = [
+    (REGIONS, REGIONS, dg.IdentityPartitionMapping()),
+    (REGIONS, REGIONS, dg.StaticPartitionMapping({"apac": ["apac", "eu"], "eu": "eu", "latam": "us", "us": "us"})),
+    (DAY_X_REGION, REGIONS, dg.MultiToSingleDimensionPartitionMapping("region")),
+    (REGIONS, DAY_X_REGION, dg.MultiToSingleDimensionPartitionMapping("region")),
+    (DAY_X_REGION, DAY_X_REGION, dg.IdentityPartitionMapping()),
+    (DAY_X_REGION, DAY_X_REGION, PREVIOUS_DAY_SAME_REGION),
+    (TEN_DAYS, DAY_X_REGION, dg.MultiToSingleDimensionPartitionMapping("date")),
+    (DAY_X_REGION, TEN_DAYS, dg.MultiToSingleDimensionPartitionMapping("date")),
+    (TEN_DAYS, REGIONS, dg.AllPartitionMapping()),
+    (REGIONS, TEN_DAYS, dg.AllPartitionMapping()),
+    (TEN_DAYS, TEN_DAYS, dg.LastPartitionMapping()),
+    (TEN_DAYS, TEN_DAYS, dg.TimeWindowPartitionMapping(start_offset=-2, end_offset=0)),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_blast_radius_through_static_and_multi_partition_mappings_equals_dagsters(data):
+    """A random tree of 2-4 assets over static, daily and date x region definitions, each a child of an earlier
+    one through a random mapping of those kinds: every asset's planned partitions equal what Dagster's asset
+    graph maps the seed keys to, one parent key at a time, followed downstream by the test itself."""
+    first = data.draw(st.sampled_from([REGIONS, TEN_DAYS, DAY_X_REGION]))
+    defs_of, deps_of = [first], [[]]
+    for i in range(1, data.draw(st.integers(2, 4))):
+        parent = data.draw(st.integers(0, i - 1))
+        edge = data.draw(st.sampled_from([e for e in KEYED_EDGES if e[0] == defs_of[parent]]))
+        defs_of.append(edge[1])
+        deps_of.append([dg.AssetDep(f"a{parent}", partition_mapping=edge[2])])
+    pairs = enumerate(zip(defs_of, deps_of, strict=True))  # one definition each: specs would share one mapping
+    assets = [dg.asset(name=f"a{i}", partitions_def=p, deps=d)(lambda: None) for i, (p, d) in pairs]
+    graph = dg.Definitions(assets=assets).resolve_asset_graph()
+    seed_keys = data.draw(st.lists(st.sampled_from([str(k) for k in first.get_partition_keys()]), min_size=1))
+
+    plan = pl.blast_radius(graph, {dg.AssetKey("a0"): pl.partition_index(first).ranges_of(seed_keys)})
+
+    expected = {"a0": set(seed_keys)}
+    for i in range(1, len(assets)):  # the chain is in dependency order: a parent comes before its children
+        parent = deps_of[i][0].asset_key.to_user_string()
+        if parent in expected:
+            expected[f"a{i}"] = {
+                str(child)
+                for key in expected[parent]
+                for child in graph.get_child_partition_keys_of_parent(key, dg.AssetKey(parent), dg.AssetKey(f"a{i}"))
+            }
+    assert {i.asset: set(i.keys) for i in plan.impacts if i.keys} == {a: k for a, k in expected.items() if k}
+
+
 def test_condensed_ranges_and_whole_windows():
     index = pl.partition_index(WEEKLY)
     lo, hi = index.within(dt.date(2023, 1, 1), dt.date(2023, 1, 31))

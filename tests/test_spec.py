@@ -43,7 +43,13 @@ def test_valid_spec_derives_single_run_backfill_policy():
         ({"grain": []}, "declare the grain"),
         ({"grain": ["missing"]}, "not among the declared columns"),
         ({"columns": {"id": Column("BIGINT"), "d": Column("VARCHAR")}}, "must be DATE, TIMESTAMP or TIMESTAMPTZ"),
-        ({"partitions": dg.StaticPartitionsDefinition(["a"])}, "time-window partitions"),
+        (
+            {"partitions": dg.MultiPartitionsDefinition({"a": dg.StaticPartitionsDefinition(["x"]),
+                                                         "b": dg.StaticPartitionsDefinition(["y"])})},
+            "one time dimension and one static",
+        ),  # fmt: skip
+        ({"partitions": dg.MultiPartitionsDefinition({"day": DAILY, "r": dg.StaticPartitionsDefinition(["x"])})},
+         "partition_column must map each dimension"),  # fmt: skip
         ({"rules": [Reconcile("r", "nope", "SELECT 1, 1")]}, "unknown metric 'nope'"),
         ({"rules": [Invariant("r", "SELECT 1"), Invariant("r", "SELECT 2")]}, "rule names must be unique"),
         ({"partitions_per_run": 0}, "at least 1"),

@@ -1,0 +1,244 @@
+"""Partitions other than days, straight through the library: static (regions, tenants), date x region
+multi-partitions, hourly and a daily definition in a time zone. Expected values come from each test's own
+model of which generation each partition holds, and hashes are computed in SQL over the consumers' views."""
+
+import datetime as dt
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import duckdb
+import pytest
+
+import backfill_assets as bfa
+from backfill_assets import Column, Reconcile, TableSpec, history, published_partitions
+from backfill_assets import warehouse as wh
+from backfill_assets.publish import write_audit_publish
+
+REGIONS = dg.StaticPartitionsDefinition(["apac", "eu", "us"])
+JANUARY = [f"2025-01-{d:02d}" for d in range(1, 32)]
+DATE_X_REGION = dg.MultiPartitionsDefinition(
+    {"date": dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-02-01"), "region": REGIONS}
+)
+
+
+@pytest.fixture
+def con(tmp_path):
+    c = wh.connect(str(tmp_path / "w.duckdb"))
+    yield c
+    c.close()
+
+
+def run(con, spec, sql, keys, gen, outcome="publish"):
+    report = write_audit_publish(con, spec, sql, keys, run_id=f"{spec.name}-{gen}-{keys[0]}", params={"gen": gen})
+    assert report.outcome == outcome, report.failure_message()
+    return report
+
+
+def hashes(con, table, by):
+    """(partition -> hash of its rows) over the consumers' view, in SQL: an independent fingerprint."""
+    return dict(con.execute(f"SELECT {by}, sum(hash(r)) FROM main.{table} r GROUP BY 1").fetchall())
+
+
+# Three rows per region: amount = gen * 100 + i; a run writes the regions it is bound ($keys).
+REGION_SQL = """
+SELECT region, region || '-' || i AS id, ($gen * 100 + i)::DECIMAL(18, 2) AS amount
+FROM unnest($keys::VARCHAR[]) k(region), range(3) t(i)
+"""
+
+
+def region_spec(**overrides):
+    fields = dict(
+        name="by_region", partitions=REGIONS, partition_column="region", grain=["id"], columns={},
+        code_version="1", metrics={"total": "sum(amount)"}, max_row_change=10.0,
+    )  # fmt: skip
+    return TableSpec(**{**fields, **overrides})
+
+
+def test_a_static_partition_publishes_and_rolls_back_alone(con):
+    spec, model = region_spec(), {}
+
+    def expected():
+        return {r: Decimal(sum(g * 100 + i for i in range(3))) for r, g in model.items()}
+
+    run(con, spec, REGION_SQL, ["apac", "eu", "us"], 1)
+    model.update(apac=1, eu=1, us=1)
+    before = hashes(con, "by_region", "region")
+    run(con, spec, REGION_SQL, ["eu"], 2)
+    model["eu"] = 2
+    totals = dict(con.execute("SELECT region, sum(amount) FROM main.by_region GROUP BY 1").fetchall())
+    assert totals == expected()
+    after = hashes(con, "by_region", "region")
+    assert {r: after[r] == before[r] for r in model} == {"apac": True, "eu": False, "us": True}
+
+    history.rollback(con, {"by_region": history.rollback_targets(con, "by_region", ["eu"])}, "bad eu", "me")
+    model["eu"] = 1
+    assert dict(con.execute("SELECT region, sum(amount) FROM main.by_region GROUP BY 1").fetchall()) == expected()
+    assert hashes(con, "by_region", "region") == before
+
+
+def test_rows_of_a_region_the_run_was_not_asked_for_are_held_as_strays(con):
+    spec = region_spec()
+    run(con, spec, REGION_SQL, ["eu"], 1)
+    leaky = REGION_SQL.replace("unnest($keys::VARCHAR[])", "unnest(['eu', 'us'])")
+    report = run(con, spec, leaky, ["eu"], 2, outcome="hold")
+    assert "complete" in {o.name for o in report.failed}
+    assert dict(con.execute("SELECT region, max(amount) FROM main.by_region GROUP BY 1").fetchall()) == {
+        "eu": Decimal(102)
+    }
+
+
+def test_a_static_column_that_is_not_text_is_matched_by_its_text(con):
+    tenants = dg.StaticPartitionsDefinition(["7", "42"])
+    sql = "SELECT t::INTEGER AS tenant, t || '-' || i AS id, $gen AS n FROM unnest($keys::VARCHAR[]) k(t), range(2)"
+    sql += " r(i)"
+    spec = region_spec(
+        name="by_tenant", partitions=tenants, partition_column="tenant",
+        columns={"tenant": Column("INTEGER"), "id": Column("VARCHAR"), "n": Column("INTEGER")}, metrics={},
+    )  # fmt: skip
+    run(con, spec, sql, ["7", "42"], 1)
+    run(con, spec, sql, ["42"], 2)
+    assert sorted(con.execute("SELECT tenant, max(n) FROM main.by_tenant GROUP BY 1").fetchall()) == [(7, 1), (42, 2)]
+    assert {k: n for k, (_, n, _) in published_partitions(con, "by_tenant").items()} == {"7": 2, "42": 2}
+
+
+# Two rows per day and region; EU's generation shows in the amount.
+DAILY_REGION_SQL = """
+SELECT d::DATE AS day, region, strftime(d, '%Y%m%d') || '-' || region || '-' || i AS id,
+       ($gen * 1000 + i)::DECIMAL(18, 2) AS amount
+FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d), unnest($keys::VARCHAR[]) k(region), range(2) t(i)
+"""
+
+
+def daily_region_spec(**overrides):
+    fields = dict(
+        name="revenue_by_region", partitions=DATE_X_REGION, partition_column={"date": "day", "region": "region"},
+        grain=["id"], columns={}, code_version="1", metrics={"total": "sum(amount)"}, max_row_change=10.0,
+        partitions_per_write=10,
+    )  # fmt: skip
+    return TableSpec(**{**fields, **overrides})
+
+
+def keys(days, regions):
+    return [str(dg.MultiPartitionKey({"date": d, "region": r})) for d in days for r in regions]
+
+
+def test_a_date_x_region_backfill_of_eu_over_january_changes_eu_only(con):
+    spec = daily_region_spec(
+        rules=[Reconcile("matches_formula", "total", """
+            SELECT d::DATE, region, 2 * $gen * 1000 + 1 FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d),
+                   unnest($keys::VARCHAR[]) k(region)""")],
+    )  # fmt: skip
+    report = run(con, spec, DAILY_REGION_SQL, keys(JANUARY, ["apac", "eu", "us"]), 1)
+    assert len(report.partitions) == 93
+    before = hashes(con, "revenue_by_region", "(day, region)")
+    eu = keys(JANUARY, ["eu"])
+    report = run(con, spec, DAILY_REGION_SQL, eu, 2)
+    assert sorted(report.partitions) == sorted(eu)
+    after = hashes(con, "revenue_by_region", "(day, region)")
+    changed = {(str(day), region) for (day, region), h in after.items() if before[(day, region)] != h}
+    assert changed == {(d, "eu") for d in JANUARY}
+    totals = con.execute("SELECT region, count(DISTINCT day), sum(amount) FROM main.revenue_by_region GROUP BY 1")
+    assert sorted(totals.fetchall()) == [
+        ("apac", 31, Decimal(31 * 2001)), ("eu", 31, Decimal(31 * 4001)), ("us", 31, Decimal(31 * 2001)),
+    ]  # fmt: skip
+    assert report.metrics_after[eu[0]]["total"] == Decimal(4001)  # metrics are kept per multi-partition key
+
+
+def test_a_date_x_region_reconcile_rule_that_is_off_holds_the_run(con):
+    spec = daily_region_spec(
+        rules=[Reconcile("off_for_us", "total", """
+            SELECT d::DATE, region, 2 * $gen * 1000 + 1 + (region = 'us')::INT
+            FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d), unnest($keys::VARCHAR[]) k(region)""")],
+    )  # fmt: skip
+    run(con, spec, DAILY_REGION_SQL, keys(JANUARY[:3], ["eu"]), 1)
+    report = run(con, spec, DAILY_REGION_SQL, keys(JANUARY[:3], ["us"]), 1, outcome="hold")
+    assert "3 partitions off" in report.failure_message()
+    assert con.execute("SELECT DISTINCT region FROM main.revenue_by_region").fetchall() == [("eu",)]
+
+
+def test_an_hourly_table_publishes_24_distinct_hours_for_one_day(con):
+    hourly = dg.HourlyPartitionsDefinition(start_date="2025-03-01-00:00")
+    sql = """
+    SELECT h AS hour, strftime(h, '%H') || '-' || i AS id, $gen AS n
+    FROM range($start::TIMESTAMPTZ, $end::TIMESTAMPTZ, INTERVAL 1 HOUR) r(h), range(2) t(i)
+    """
+    spec = region_spec(name="hourly", partitions=hourly, partition_column="hour", metrics={})
+    day = [f"2025-03-01-{h:02d}:00" for h in range(24)]
+    run(con, spec, sql, day, 1)
+    rows = con.execute("SELECT count(DISTINCT hour), count(*), min(hour), max(hour) FROM main.hourly").fetchall()[0]
+    utc = dt.UTC
+    assert rows[:2] == (24, 48)
+    assert (rows[2].astimezone(utc), rows[3].astimezone(utc)) == (
+        dt.datetime(2025, 3, 1, tzinfo=utc), dt.datetime(2025, 3, 1, 23, tzinfo=utc),
+    )  # fmt: skip
+    assert len(published_partitions(con, "hourly")) == 24
+
+
+def test_a_daily_table_in_new_york_gets_each_row_in_its_local_day(con):
+    new_york = ZoneInfo("America/New_York")
+    daily = dg.DailyPartitionsDefinition(start_date="2025-03-08", timezone="America/New_York")
+    events = [dt.datetime(2025, 3, 8, 3, tzinfo=dt.UTC) + dt.timedelta(hours=5 * i) for i in range(16)]
+    con.execute("CREATE TABLE raw AS SELECT unnest(?::TIMESTAMPTZ[]) AS ts", [events])
+    sql = """
+    SELECT $start::DATE AS day, epoch(ts)::VARCHAR AS id, ts FROM raw
+    WHERE ts >= timezone('America/New_York', $start::TIMESTAMP) AND ts < timezone('America/New_York', $end::TIMESTAMP)
+    """
+    spec = region_spec(name="local_days", partitions=daily, partition_column="day", metrics={})
+    for key in ["2025-03-08", "2025-03-09", "2025-03-10"]:  # clocks went forward on 2025-03-09
+        run(con, spec, sql, [key], 1)
+    rows = con.execute("SELECT day, ts FROM main.local_days ORDER BY ts").fetchall()
+    inside = [e for e in events if dt.date(2025, 3, 8) <= e.astimezone(new_york).date() <= dt.date(2025, 3, 10)]
+    assert [(d, at.astimezone(dt.UTC)) for d, at in rows] == [(e.astimezone(new_york).date(), e) for e in inside]
+
+
+def test_date_x_region_assets_in_dagster_read_through_identity_and_multi_to_single_dimension_mappings(tmp_path):
+    """orders (date x region) -> region_totals (the same, identity) and -> by_region (region only, through
+    MultiToSingleDimensionPartitionMapping): each run reads exactly its published upstream partitions, and a
+    region whose days are not all published is refused before it computes."""
+    days = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-01-04")
+    multi = dg.MultiPartitionsDefinition({"date": days, "region": dg.StaticPartitionsDefinition(["eu", "us"])})
+    columns = {"date": "day", "region": "region"}
+    orders = bfa.derived_asset(
+        TableSpec(name="orders", partitions=multi, partition_column=columns, grain=["id"], columns={},
+                  code_version="1", metrics={"total": "sum(amount)"}),  # fmt: skip
+        DAILY_REGION_SQL,
+        params={"gen": 1},
+    )
+    region_totals = bfa.derived_asset(
+        TableSpec(name="region_totals", partitions=multi, partition_column=columns, grain=["day", "region"],
+                  columns={}, code_version="1"),  # fmt: skip
+        "SELECT day, region, sum(amount) AS total FROM orders WHERE day >= $start AND day < $end "
+        "AND region IN (SELECT unnest($keys::VARCHAR[])) GROUP BY ALL",
+        deps=[dg.AssetDep("orders")],
+    )
+    by_region = bfa.derived_asset(
+        TableSpec(name="by_region", partitions=multi.get_partitions_def_for_dimension("region"),
+                  partition_column="region", grain=["region"], columns={}, code_version="1"),  # fmt: skip
+        "SELECT region, sum(amount) AS total, count(DISTINCT day) AS days FROM orders "
+        "WHERE region IN (SELECT unnest($keys::VARCHAR[])) GROUP BY ALL",
+        deps=[dg.AssetDep("orders", partition_mapping=dg.MultiToSingleDimensionPartitionMapping("region"))],
+    )
+    db = tmp_path / "w.duckdb"
+    defs = dg.Definitions(
+        assets=[orders, region_totals, by_region], resources={"warehouse": bfa.Warehouse(database=str(db))},
+        executor=dg.in_process_executor,
+    )  # fmt: skip
+    job = defs.resolve_implicit_global_asset_job_def()
+
+    def materialize(selection, key):
+        return job.execute_in_process(
+            asset_selection=[dg.AssetKey(a) for a in selection], partition_key=key, raise_on_error=False
+        ).success
+
+    for d in ("2025-01-01", "2025-01-02", "2025-01-03"):
+        assert materialize(["orders", "region_totals"], dg.MultiPartitionKey({"date": d, "region": "eu"}))
+    assert materialize(["by_region"], "eu")
+    assert not materialize(["by_region"], "us")  # no day of us is published
+    with duckdb.connect(str(db), read_only=True) as con:
+        per_day = sum(1000 + i for i in range(2))  # DAILY_REGION_SQL at gen 1: two rows a day and region
+        assert con.execute("SELECT region, total, days FROM main.by_region").fetchall() == [
+            ("eu", Decimal(3 * per_day), 3)
+        ]
+        totals = con.execute("SELECT day::VARCHAR, region, total FROM main.region_totals ORDER BY 1").fetchall()
+        assert totals == [(d, "eu", Decimal(per_day)) for d in ("2025-01-01", "2025-01-02", "2025-01-03")]
