@@ -200,21 +200,40 @@ def test_date_x_region_assets_in_dagster_read_through_identity_and_multi_to_sing
     multi = dg.MultiPartitionsDefinition({"date": days, "region": dg.StaticPartitionsDefinition(["eu", "us"])})
     columns = {"date": "day", "region": "region"}
     orders = bfa.derived_asset(
-        TableSpec(name="orders", partitions=multi, partition_column=columns, grain=["id"], columns={},
-                  code_version="1", metrics={"total": "sum(amount)"}),  # fmt: skip
+        TableSpec(
+            name="orders",
+            partitions=multi,
+            partition_column=columns,
+            grain=["id"],
+            columns={},
+            code_version="1",
+            metrics={"total": "sum(amount)"},
+        ),  # fmt: skip
         DAILY_REGION_SQL,
         params={"gen": 1},
     )
     region_totals = bfa.derived_asset(
-        TableSpec(name="region_totals", partitions=multi, partition_column=columns, grain=["day", "region"],
-                  columns={}, code_version="1"),  # fmt: skip
+        TableSpec(
+            name="region_totals",
+            partitions=multi,
+            partition_column=columns,
+            grain=["day", "region"],
+            columns={},
+            code_version="1",
+        ),  # fmt: skip
         "SELECT day, region, sum(amount) AS total FROM orders WHERE day >= $start AND day < $end "
         "AND region IN (SELECT unnest($keys::VARCHAR[])) GROUP BY ALL",
         deps=[dg.AssetDep("orders")],
     )
     by_region = bfa.derived_asset(
-        TableSpec(name="by_region", partitions=multi.get_partitions_def_for_dimension("region"),
-                  partition_column="region", grain=["region"], columns={}, code_version="1"),  # fmt: skip
+        TableSpec(
+            name="by_region",
+            partitions=multi.get_partitions_def_for_dimension("region"),
+            partition_column="region",
+            grain=["region"],
+            columns={},
+            code_version="1",
+        ),  # fmt: skip
         "SELECT region, sum(amount) AS total, count(DISTINCT day) AS days FROM orders "
         "WHERE region IN (SELECT unnest($keys::VARCHAR[])) GROUP BY ALL",
         deps=[dg.AssetDep("orders", partition_mapping=dg.MultiToSingleDimensionPartitionMapping("region"))],

@@ -1,0 +1,47 @@
+"""A small project of a user's own for tests/test_partition_schemes_dev.py: orders by day x region (static
+regions), and each region's total. The generation the transform writes is read from the file named by
+$REGION_PROJECT_GENERATION when a run starts (1 without it), so a test can change what a backfill produces."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+import backfill_assets as bfa
+
+REGIONS = dg.StaticPartitionsDefinition(["apac", "eu", "us"])
+DAYS = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_date="2025-02-01")
+DAY_X_REGION = dg.MultiPartitionsDefinition({"date": DAYS, "region": REGIONS})
+# Three rows per day and region: amount = generation * 10 + i.
+ORDERS_SQL = """
+SELECT d::DATE AS day, region, strftime(d, '%Y%m%d') || '-' || region || '-' || i AS id,
+       ($gen * 10 + i)::DECIMAL(18, 2) AS amount
+FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d), unnest($keys::VARCHAR[]) k(region), range(3) t(i)
+"""
+
+
+def generation() -> dict:
+    path = os.environ.get("REGION_PROJECT_GENERATION")
+    return {"gen": int(Path(path).read_text()) if path and Path(path).exists() else 1}
+
+
+ORDERS = bfa.TableSpec(
+    name="orders", partitions=DAY_X_REGION, partition_column={"date": "day", "region": "region"}, grain=["id"],
+    columns={}, code_version="1", metrics={"amount": "sum(amount)"}, max_row_change=1.0,
+)  # fmt: skip
+REGION_TOTALS = bfa.TableSpec(
+    name="region_totals", partitions=REGIONS, partition_column="region", grain=["region"], columns={},
+    code_version="1", consumers=[bfa.Consumer("Regional sales board", owners=["sales@example.com"])],
+)  # fmt: skip
+orders = bfa.derived_asset(ORDERS, ORDERS_SQL, params=generation)
+region_totals = bfa.derived_asset(
+    REGION_TOTALS,
+    "SELECT region, sum(amount) AS amount, count(DISTINCT day) AS days FROM orders "
+    "WHERE region IN (SELECT unnest($keys::VARCHAR[])) GROUP BY ALL",
+    deps=[dg.AssetDep("orders", partition_mapping=dg.MultiToSingleDimensionPartitionMapping("region"))],
+)
+defs = dg.Definitions(
+    assets=[orders, region_totals, *bfa.consumer_specs([ORDERS, REGION_TOTALS])],
+    resources={"warehouse": bfa.Warehouse()},
+    executor=dg.in_process_executor,
+)
