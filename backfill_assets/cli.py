@@ -327,10 +327,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             seeds, reasons = planning.stale_seeds(graph, con)
             description = "partitions published under an older code version"
         else:
-            if not (args.start and args.end):
-                raise UsageError("give --from and --to (or --stale)")
-            plan = planning.plan_range(graph, args.select, args.start, args.end)
-            description = f"{args.select or 'all assets'} over {args.start}..{args.end}"
+            where = planning.parse_where(args.where)
+            if not (args.start and args.end) and not where:
+                raise UsageError("give --from and --to, --where NAME=KEY for static partitions, or --stale")
+            plan = planning.plan_range(graph, args.select, args.start, args.end, where)
+            scope = [f"{args.start}..{args.end}"] if args.start and args.end else []
+            scope += [f"{n}={','.join(k)}" for n, k in where.items()]
+            description = f"{args.select or 'all assets'} over {' '.join(scope)}"
         if args.stale:
             plan = planning.blast_radius(graph, seeds, reasons)
         plan = planning.add_warehouse_facts(plan, con)
@@ -343,6 +346,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "stale": args.stale,
         "from": args.start,
         "to": args.end,
+        "where": planning.parse_where(args.where),
     }
     print(plan.to_json() if args.json else planning.render(plan))
     return EXIT_OK
@@ -552,19 +556,22 @@ def _is_table(node: Any) -> bool:
 
 
 def _partition_keys(graph, node: Any, args: argparse.Namespace, required: bool = True) -> list[str] | None:
-    """Partition keys from --partition (repeatable) or --from/--to; None when neither is given."""
+    """Partition keys from --partition (repeatable), or the scope of --from/--to and --where; None when none is
+    given."""
     index = planning.partition_index(node.partitions_def)
     if getattr(args, "partition", None):
         unknown = [p for p in args.partition if p not in index.positions]
         if unknown:
             raise UsageError(f"{node.key.to_user_string()} has no partition {', '.join(unknown)}")
         return list(args.partition)
-    if args.start and args.end:
-        planning.check_range(graph, {node.key}, args.start, args.end)
-        lo, hi = index.within(args.start, args.end)
-        return list(index.keys[lo:hi])
+    where = planning.parse_where(getattr(args, "where", None))
+    if (args.start and args.end) or where:
+        if args.start and args.end:
+            planning.check_range(graph, {node.key}, args.start, args.end)
+        planning.check_where(graph, {node.key}, where)
+        return planning.scoped_keys(graph, node.key, args.start, args.end, where)
     if required:
-        raise UsageError("give --partition or --from and --to")
+        raise UsageError("give --partition, or --from and --to (and --where for a static dimension)")
     return None
 
 
@@ -920,6 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--select", help="Dagster asset selection (default: all)")
     plan.add_argument("--from", dest="start", type=_date, help="first date, YYYY-MM-DD")
     plan.add_argument("--to", dest="end", type=_date, help="last date, YYYY-MM-DD (inclusive)")
+    plan.add_argument("--where", action="append", help="static partitions, NAME=KEY[,KEY], e.g. region=eu (repeatable)")
     plan.add_argument("--stale", action="store_true", help="plan the partitions published under older code")
     plan.add_argument("--json", action="store_true", help="print stable JSON")
     plan.set_defaults(func=cmd_plan)
@@ -966,6 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--partition", action="append", help="a partition key (repeatable)")
             cmd.add_argument("--from", dest="start", type=_date, help="first date of a range")
             cmd.add_argument("--to", dest="end", type=_date, help="last date of a range (inclusive)")
+            cmd.add_argument("--where", action="append", help="static partitions, NAME=KEY[,KEY] (repeatable)")
         cmd.set_defaults(func=func)
         return cmd
 

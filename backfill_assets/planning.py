@@ -269,7 +269,7 @@ def blast_radius(graph, seeds: Mapping[dg.AssetKey, Ranges], reasons: Mapping[dg
                 kinds=sorted(node.kinds),
                 owners=list(node.owners),
                 code_version=node.code_version,
-                ranges=[(index.keys[lo], index.keys[hi - 1]) for lo, hi in r] if index else [],
+                ranges=_key_ranges(pdef, index, r) if index else [],
                 reads=sorted(p.to_user_string() for p in node.parent_keys if p in ranges),
                 label=str(node.metadata.get("consumer", key.to_user_string())),
                 keys=index.keys_in(r) if index else [],
@@ -279,6 +279,31 @@ def blast_radius(graph, seeds: Mapping[dg.AssetKey, Ranges], reasons: Mapping[dg
         )
     impacts.sort(key=lambda i: (not i.materializable, i.depth, i.asset))
     return Plan({}, impacts)
+
+
+def _key_ranges(pdef: dg.PartitionsDefinition, index: PartitionIndex, ranges: Ranges) -> list[tuple[str, str]]:
+    """(first key, last key) of each range, as Dagster reads a key range: for a time x static definition, each
+    static key's consecutive days (Dagster orders such keys day first, so one region's days are apart)."""
+    time, static = _dimensions(pdef)
+    if time is None or static is None:
+        return [(index.keys[lo], index.keys[hi - 1]) for lo, hi in ranges]
+    days = partition_index(time)
+    by_static: dict[str, list[tuple[int, str]]] = {}
+    for key in index.keys_in(ranges):
+        parts = pdef.get_partition_key_from_str(key).keys_by_dimension
+        day = next(v for n, v in parts.items() if n != static[0])
+        by_static.setdefault(parts[static[0]], []).append((days.position(day), key))
+    out = []
+    for _, keyed in sorted(by_static.items()):
+        keyed.sort()
+        first = prev = keyed[0]
+        for item in keyed[1:]:
+            if item[0] != prev[0] + 1:
+                out.append((first[1], prev[1]))
+                first = item
+            prev = item
+        out.append((first[1], prev[1]))
+    return out
 
 
 def _downstream_order(graph, seeds: Iterable[dg.AssetKey]) -> list[dg.AssetKey]:
@@ -423,13 +448,18 @@ def upstream_tables(graph, key: dg.AssetKey) -> list[dg.AssetKey]:
     return [p for p in sorted(graph.get(key).parent_keys) if TABLE_METADATA in graph.get(p).metadata]
 
 
-def plan_range(graph, select: str | None, start: dt.date, end: dt.date) -> Plan:
-    """The blast radius of backfilling the selection over the days start..end: each selected asset's partitions
-    whose whole window lies in the range, and everything downstream they reach. `plan` shows it and
-    `materialize` runs its selected assets' share of it (:func:`materialize_runs`)."""
+def plan_range(
+    graph, select: str | None, start: dt.date | None, end: dt.date | None, where: Where | None = None
+) -> Plan:
+    """The blast radius of backfilling the selection over the days start..end (and the static keys `where`
+    selects): each selected asset's partitions in that scope (see :func:`scoped_keys`), and everything
+    downstream they reach. `plan` shows it and `materialize` runs its selected assets' share of it
+    (:func:`materialize_runs`)."""
     keys = resolve_selection(graph, select)
-    check_range(graph, keys, start, end)
-    return blast_radius(graph, selection_seeds(graph, keys, start, end))
+    if start is not None and end is not None:
+        check_range(graph, keys, start, end)
+    check_where(graph, keys, where or {})
+    return blast_radius(graph, selection_seeds(graph, keys, start, end, where))
 
 
 @dataclass(frozen=True)
@@ -547,17 +577,94 @@ def resolve_selection(graph, select: str | None) -> set[dg.AssetKey]:
     if not keys:
         raise PlanError(f"--select {select!r} matches no materializable asset")
     for key in keys:
-        pdef = graph.get(key).partitions_def
-        if pdef is not None and not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
-            raise PlanError(
-                f"{key.to_user_string()} has {type(pdef).__name__}; backfill-assets plans time-window partitions "
-                "(hourly, daily, weekly, monthly) and unpartitioned assets"
-            )
+        if graph.get(key).partitions_def is not None:
+            partition_index(graph.get(key).partitions_def)  # refuses dynamic partitions: their keys are the instance's
     return keys
 
 
 def time_defs(graph, keys: Iterable[dg.AssetKey]) -> set[dg.TimeWindowPartitionsDefinition]:
-    return {pdef for k in keys if (pdef := graph.get(k).partitions_def) is not None}
+    """The time-window definitions of `keys` (a multi-partition definition's time dimension)."""
+    return {t for k in keys if (t := _dimensions(graph.get(k).partitions_def)[0]) is not None}
+
+
+Where = Mapping[str, Sequence[str]]  # a static selection: dimension (or partition column) -> keys
+
+
+def parse_where(items: Sequence[str] | None) -> dict[str, list[str]]:
+    """``NAME=KEY[,KEY...]`` selections (``region=eu``, repeatable) as name -> keys."""
+    out: dict[str, list[str]] = {}
+    for item in items or ():
+        name, _, keys = item.partition("=")
+        if not name.strip() or not keys.strip():
+            raise PlanError(f"--where {item!r}: write NAME=KEY[,KEY...], e.g. region=eu")
+        out.setdefault(name.strip(), []).extend(k.strip() for k in keys.split(",") if k.strip())
+    return out
+
+
+def _dimensions(pdef: dg.PartitionsDefinition | None) -> tuple[Any, tuple[str | None, Any] | None]:
+    """(time-window definition or None, (name, static definition) or None) of `pdef`; a multi-partition
+    definition's dimensions by name, a static one's name None."""
+    if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        return pdef, None
+    if isinstance(pdef, dg.MultiPartitionsDefinition):
+        time = next((d.partitions_def for d in pdef.partitions_defs if isinstance(d.partitions_def,
+                     dg.TimeWindowPartitionsDefinition)), None)  # fmt: skip
+        static = next(((d.name, d.partitions_def) for d in pdef.partitions_defs
+                       if not isinstance(d.partitions_def, dg.TimeWindowPartitionsDefinition)), None)  # fmt: skip
+        return time, static
+    return (None, (None, pdef)) if pdef is not None else (None, None)
+
+
+def _static_names(node) -> set[str]:
+    """What a --where may call an asset's static dimension: its name in a multi-partition definition, and a
+    derived table's partition column."""
+    _, static = _dimensions(node.partitions_def)
+    if static is None:
+        return set()
+    names = {static[0]} if static[0] else set()
+    if SCHEME_METADATA in node.metadata:
+        scheme = scheme_of(node)
+        names.add(scheme.static[1])
+    return names
+
+
+def check_where(graph, keys: Iterable[dg.AssetKey], where: Where) -> None:
+    """Refuse a --where naming no static dimension of the selection, or a key none of them has."""
+    for name, wanted in where.items():
+        nodes = [graph.get(k) for k in keys if name in _static_names(graph.get(k))]
+        if not nodes:
+            raise PlanError(f"--where {name}=...: no selected asset has a static dimension or column named {name!r}")
+        known = {str(k) for n in nodes for k in _dimensions(n.partitions_def)[1][1].get_partition_keys()}
+        unknown = [k for k in wanted if k not in known]
+        if unknown:
+            raise PlanError(f"--where {name}: no partition {', '.join(unknown)} (there are {', '.join(sorted(known))})")
+
+
+def scoped_keys(graph, key: dg.AssetKey, start: dt.date | None, end: dt.date | None, where: Where | None) -> list[str]:
+    """The partitions of asset `key` in the scope: whose whole time window lies in the days start..end (when it
+    has a time dimension), and whose static key `where` selects (when it names its static dimension)."""
+    node = graph.get(key)
+    pdef = node.partitions_def
+    time, static = _dimensions(pdef)
+    if time is not None and (start is None or end is None):
+        raise PlanError(f"{key.to_user_string()} is partitioned by time: give --from and --to")
+    days = None
+    if time is not None:
+        lo, hi = partition_index(time).within(start, end)
+        if static is None:
+            return list(partition_index(time).keys[lo:hi])
+        days = set(partition_index(time).keys[lo:hi])
+    chosen = None
+    for name, wanted in (where or {}).items():
+        if name in _static_names(node):
+            chosen = (chosen or set()) | set(wanted)
+    out = []
+    for k in partition_index(pdef).keys:
+        parts = pdef.get_partition_key_from_str(k).keys_by_dimension if time is not None else {None: k}
+        t = next((v for n, v in parts.items() if n != static[0]), None)
+        if (days is None or t in days) and (chosen is None or parts[static[0]] in chosen):
+            out.append(k)
+    return out
 
 
 def check_range(graph, keys: set[dg.AssetKey], start: dt.date, end: dt.date) -> None:
@@ -580,8 +687,10 @@ def check_range(graph, keys: set[dg.AssetKey], start: dt.date, end: dt.date) -> 
         )
 
 
-def selection_seeds(graph, keys: Iterable[dg.AssetKey], start: dt.date, end: dt.date) -> dict[dg.AssetKey, Ranges]:
-    """The partitions of each selected asset whose whole window lies in start..end (none for an unpartitioned
+def selection_seeds(
+    graph, keys: Iterable[dg.AssetKey], start: dt.date | None, end: dt.date | None, where: Where | None = None
+) -> dict[dg.AssetKey, Ranges]:
+    """The partitions of each selected asset in the scope (:func:`scoped_keys`; none for an unpartitioned
     asset: it is in the plan whole)."""
     seeds = {}
     for key in keys:
@@ -589,8 +698,7 @@ def selection_seeds(graph, keys: Iterable[dg.AssetKey], start: dt.date, end: dt.
         if pdef is None:  # rebuilt whole, whatever the range
             seeds[key] = []
             continue
-        lo, hi = partition_index(pdef).within(start, end)
-        seeds[key] = [(lo, hi)] if lo < hi else []
+        seeds[key] = partition_index(pdef).ranges_of(scoped_keys(graph, key, start, end, where))
     return seeds
 
 

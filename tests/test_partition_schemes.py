@@ -3,7 +3,9 @@ multi-partitions, hourly and a daily definition in a time zone. Expected values 
 model of which generation each partition holds, and hashes are computed in SQL over the consumers' views."""
 
 import datetime as dt
+import json
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -11,7 +13,7 @@ import duckdb
 import pytest
 
 import backfill_assets as bfa
-from backfill_assets import Column, Reconcile, TableSpec, history, published_partitions
+from backfill_assets import Column, Reconcile, TableSpec, cli, history, published_partitions
 from backfill_assets import warehouse as wh
 from backfill_assets.publish import write_audit_publish
 
@@ -261,3 +263,35 @@ def test_date_x_region_assets_in_dagster_read_through_identity_and_multi_to_sing
         ]
         totals = con.execute("SELECT day::VARCHAR, region, total FROM main.region_totals ORDER BY 1").fetchall()
         assert totals == [(d, "eu", Decimal(per_day)) for d in ("2025-01-01", "2025-01-02", "2025-01-03")]
+
+
+REGION_PROJECT = str(Path(__file__).with_name("region_project.py"))
+
+
+def test_plan_scopes_a_date_range_and_a_region(tmp_path, monkeypatch, capsys):
+    """`plan --where region=eu` with a date range: January x eu of orders, and eu of the region totals that read
+    it; a static table alone needs no dates; a region or a name the project does not have is refused in one
+    line."""
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "none.duckdb"))
+
+    def plan(*args):
+        code = cli.main(["plan", "-f", REGION_PROJECT, "--json", *args])
+        out = capsys.readouterr()
+        return code, (json.loads(out.out) if code == 0 else out.err)
+
+    code, got = plan("--select", "orders", "--from", "2025-01-01", "--to", "2025-01-31", "--where", "region=eu")
+    assert code == 0
+    assert {a["asset"]: (a["partitions"], a["partition_count"]) for a in got["assets"]} == {
+        "orders": (["2025-01-01|eu..2025-01-31|eu"], 31), "region_totals": (["eu"], 1),
+    }  # fmt: skip
+    assert [c["name"] for c in got["consumers"]] == ["Regional sales board"]
+    code, got = plan("--select", "region_totals", "--where", "region=us,apac")
+    assert (code, [a["partitions"] for a in got["assets"]]) == (0, [["apac", "us"]])
+    for args, message in [
+        (["--select", "orders", "--where", "region=eu"], "orders is partitioned by time: give --from and --to"),
+        (["--where", "region=mars"], "no partition mars (there are apac, eu, us)"),
+        (["--where", "country=eu"], "no selected asset has a static dimension or column named 'country'"),
+        (["--where", "region"], "write NAME=KEY[,KEY...]"),
+    ]:
+        code, err = plan(*args)
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
