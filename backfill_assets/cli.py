@@ -198,13 +198,17 @@ def _failure_messages(result: dg.ExecuteInProcessResult) -> tuple[list[str], boo
 
 
 def materialize_runs(
-    defs: dg.Definitions, select: str | None, start: dt.date, end: dt.date
+    defs: dg.Definitions,
+    select: str | None,
+    start: dt.date | None,
+    end: dt.date | None,
+    where: planning.Where | None = None,
 ) -> tuple[list[planning.Run], dict[str, dict[str, list[str]]], dict[str, list[str]]]:
     """What ``materialize`` runs: the selected assets' share of ``plan``'s blast radius (one function,
     planning.plan_range); the partitions left waiting for inputs; and of those, the ones the range itself
     names (a selected asset's partition whose whole window lies in it), which fail the command."""
     graph = defs.resolve_asset_graph()
-    plan = planning.plan_range(graph, select, start, end)
+    plan = planning.plan_range(graph, select, start, end, where)
     selected = planning.resolve_selection(graph, select)
     con = _read_warehouse(defs)
     try:
@@ -212,7 +216,7 @@ def materialize_runs(
     finally:
         if con is not None:
             con.close()
-    return runs, waiting, planning.named_by_range(graph, selected, start, end, waiting)
+    return runs, waiting, planning.named_by_range(graph, selected, start, end, waiting, where)
 
 
 def _open_and_announce(defs: dg.Definitions, args: argparse.Namespace, instance: dg.DagsterInstance) -> None:
@@ -222,15 +226,21 @@ def _open_and_announce(defs: dg.Definitions, args: argparse.Namespace, instance:
         if catalog.branch_info(con, args.branch) is not None:
             return
         warehouse.open_branch(con, args.branch)
-    plan = planning.plan_range(defs.resolve_asset_graph(), args.select, args.start, args.end)
+    plan = planning.plan_range(defs.resolve_asset_graph(), args.select, args.start, args.end, _where(args))
     notice = changes.maintenance_notice(plan, args.branch, f"materialize by {getpass.getuser()}", reviewer=None)
     told = announce(instance, plan, notice)
     _say(args, f"Opened branch {args.branch}; maintenance notice on {plural(told, 'asset')} in Dagster")
 
 
+def _where(args: argparse.Namespace) -> dict[str, list[str]]:
+    return planning.parse_where(getattr(args, "where", None))
+
+
 def cmd_materialize(args: argparse.Namespace) -> int:
     defs = load_definitions(args)
-    runs, waiting, blocked = materialize_runs(defs, args.select, args.start, args.end)
+    if (args.start is None) != (args.end is None) or (args.start is None and not args.where):
+        raise UsageError("give --from and --to, and/or --where NAME=KEY for static partitions")
+    runs, waiting, blocked = materialize_runs(defs, args.select, args.start, args.end, _where(args))
     job = defs.resolve_implicit_global_asset_job_def()
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     if args.branch:
@@ -327,7 +337,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             seeds, reasons = planning.stale_seeds(graph, con)
             description = "partitions published under an older code version"
         else:
-            where = planning.parse_where(args.where)
+            where = _where(args)
             if not (args.start and args.end) and not where:
                 raise UsageError("give --from and --to, --where NAME=KEY for static partitions, or --stale")
             plan = planning.plan_range(graph, args.select, args.start, args.end, where)
@@ -346,7 +356,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "stale": args.stale,
         "from": args.start,
         "to": args.end,
-        "where": planning.parse_where(args.where),
+        "where": _where(args),
     }
     print(plan.to_json() if args.json else planning.render(plan))
     return EXIT_OK
@@ -564,7 +574,7 @@ def _partition_keys(graph, node: Any, args: argparse.Namespace, required: bool =
         if unknown:
             raise UsageError(f"{node.key.to_user_string()} has no partition {', '.join(unknown)}")
         return list(args.partition)
-    where = planning.parse_where(getattr(args, "where", None))
+    where = _where(args)
     if (args.start and args.end) or where:
         if args.start and args.end:
             planning.check_range(graph, {node.key}, args.start, args.end)
@@ -900,8 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_target(mat)
     mat.add_argument("--select", help="Dagster asset selection, e.g. 'key:events_clean+' (default: all)")
-    mat.add_argument("--from", dest="start", type=_date, required=True, help="first date, YYYY-MM-DD")
-    mat.add_argument("--to", dest="end", type=_date, required=True, help="last date, YYYY-MM-DD (inclusive)")
+    mat.add_argument("--from", dest="start", type=_date, help="first date, YYYY-MM-DD")
+    mat.add_argument("--to", dest="end", type=_date, help="last date, YYYY-MM-DD (inclusive)")
+    mat.add_argument("--where", action="append", help="static partitions, NAME=KEY[,KEY], e.g. region=eu (repeatable)")
     mat.add_argument("--only-missing", action="store_true", help="skip groups whose partitions are all published")
     mat.add_argument("--json", action="store_true", help="print a JSON report instead of progress lines")
     mat.add_argument("-v", "--verbose", action="store_true", help="show Dagster's run log")

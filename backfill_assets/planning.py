@@ -464,7 +464,7 @@ def plan_range(
 
 @dataclass(frozen=True)
 class Run:
-    """One ranged Dagster run: assets of one partitions definition over one contiguous range of keys, or
+    """One ranged Dagster run: assets of one partitions definition over one range of keys (as Dagster reads it), or
     unpartitioned assets (no keys), rebuilt whole."""
 
     assets: tuple[dg.AssetKey, ...]
@@ -510,12 +510,17 @@ def materialize_runs(
 
 
 def named_by_range(
-    graph, selected: Iterable[dg.AssetKey], start: dt.date, end: dt.date, waiting: Mapping[str, Iterable[str]]
+    graph,
+    selected: Iterable[dg.AssetKey],
+    start: dt.date | None,
+    end: dt.date | None,
+    waiting: Mapping[str, Iterable[str]],
+    where: Where | None = None,
 ) -> dict[str, list[str]]:
-    """Of the `waiting` partitions, those the range itself names: a selected asset's partitions whose whole
-    window lies in start..end (the others are only reached downstream of them)."""
+    """Of the `waiting` partitions, those the scope itself names: a selected asset's partitions in it (the others
+    are only reached downstream of them)."""
     named = {}
-    for key, ranges in selection_seeds(graph, selected, start, end).items():
+    for key, ranges in selection_seeds(graph, selected, start, end, where).items():
         if graph.get(key).partitions_def is None:
             continue
         index = partition_index(graph.get(key).partitions_def)
@@ -530,17 +535,19 @@ def _metadata_value(value: Any) -> Any:
 
 
 def _runs(graph, order: Sequence[dg.AssetKey], planned: Mapping[dg.AssetKey, list[str]]) -> list[Run]:
-    """Contiguous ranges of each asset's keys, assets of one definition and range in one run, parents first;
-    the planned unpartitioned assets together in a run of no partition keys."""
+    """Ranges of each asset's keys (:func:`_key_ranges`: a time x static definition's by static key), assets of
+    one definition and range in one run, parents first; the planned unpartitioned assets together in a run of
+    no partition keys."""
     groups: dict[tuple, list[dg.AssetKey]] = {}
     for key in order:
         pdef = graph.get(key).partitions_def
         if pdef is None:
             if key in planned:
-                groups.setdefault((None, 0, 0), []).append(key)
+                groups.setdefault((None, "", ""), []).append(key)
             continue
-        for lo, hi in partition_index(pdef).ranges_of(planned.get(key, ())):
-            groups.setdefault((pdef, lo, hi), []).append(key)
+        index = partition_index(pdef)
+        for first, last in _key_ranges(pdef, index, index.ranges_of(planned.get(key, ()))):
+            groups.setdefault((pdef, first, last), []).append(key)
     group_of = {}
     for group, keys in groups.items():
         for key in keys:
@@ -562,8 +569,20 @@ def _runs(graph, order: Sequence[dg.AssetKey], planned: Mapping[dg.AssetKey, lis
     return runs
 
 
-def _keys(pdef, lo: int, hi: int) -> tuple[str, ...]:
-    return tuple(partition_index(pdef).keys[lo:hi]) if pdef is not None else ()
+def _keys(pdef, first: str, last: str) -> tuple[str, ...]:
+    """The keys of the range first..last as Dagster reads it (a time x static definition's: first's static key,
+    first's day to last's)."""
+    if pdef is None:
+        return ()
+    index = partition_index(pdef)
+    time, static = _dimensions(pdef)
+    if time is None or static is None:
+        return tuple(index.keys[index.position(first) : index.position(last) + 1])
+    parts = [pdef.get_partition_key_from_str(k).keys_by_dimension for k in (first, last)]
+    day = next(n for n in parts[0] if n != static[0])
+    days = partition_index(time)
+    span = days.keys[days.position(parts[0][day]) : days.position(parts[1][day]) + 1]
+    return tuple(str(dg.MultiPartitionKey({day: d, static[0]: parts[0][static[0]]})) for d in span)
 
 
 def resolve_selection(graph, select: str | None) -> set[dg.AssetKey]:

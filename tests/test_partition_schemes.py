@@ -295,3 +295,30 @@ def test_plan_scopes_a_date_range_and_a_region(tmp_path, monkeypatch, capsys):
     ]:
         code, err = plan(*args)
         assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_materialize_runs_a_date_range_of_each_region_in_one_run(tmp_path, monkeypatch, capsys):
+    """`materialize --where`: January x eu is one run of 31 partitions, eu and us two, the region totals one run
+    of their regions; what consumers read follows the project's formula (amount = 10 + i, three rows a day)."""
+    db = tmp_path / "w.duckdb"
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(db))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+    def materialize(*args):
+        assert cli.main(["materialize", "-f", REGION_PROJECT, "--json", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    january = ["--from", "2025-01-01", "--to", "2025-01-31"]
+    report = materialize("--select", "orders", *january, "--where", "region=eu")
+    assert [(r["assets"], r["partitions"], r["range"]) for r in report["runs"]] == [
+        (["orders"], 31, "2025-01-01|eu..2025-01-31|eu")
+    ]
+    report = materialize("--select", "orders", *january, "--where", "region=apac,us")
+    assert [(r["partitions"], r["range"]) for r in report["runs"]] == [
+        (31, "2025-01-01|apac..2025-01-31|apac"), (31, "2025-01-01|us..2025-01-31|us"),
+    ]  # fmt: skip
+    report = materialize("--select", "region_totals", "--where", "region=apac,eu,us")
+    assert [(r["partitions"], r["range"]) for r in report["runs"]] == [(3, "apac..us")]
+    with duckdb.connect(str(db), read_only=True) as con:
+        totals = con.execute("SELECT region, amount, days FROM main.region_totals ORDER BY 1").fetchall()
+    assert totals == [(r, Decimal(31 * sum(10 + i for i in range(3))), 31) for r in ("apac", "eu", "us")]
