@@ -12,6 +12,7 @@ A brief (``backfills/<id>.yaml``)::
       select: key:revenue_daily            # Dagster asset selection
       from: 2025-01-01                     # first day (inclusive)
       to: 2025-03-31                       # last day (inclusive)
+      where: {region: [eu]}                # optional: static keys by dimension or partition column ("EU only")
     write_strategy: partition_overwrite    # one of WRITE_STRATEGIES
     batch_size: 90                         # most partitions a single run may write
     expected_changes:                      # what should move, and by how much at most
@@ -184,24 +185,40 @@ def _blank(value: Any) -> bool:
 
 def _scope_plan(scope: Any, graph, add) -> planning.Plan | None:
     if not isinstance(scope, dict) or _blank(scope.get("select")):
-        add(Check("scope", False, "scope must have select, from and to"))
+        add(Check("scope", False, "scope must have select, and from and to (or where, for static partitions)"))
         return None
     try:
-        start, end = day(scope.get("from"), "from"), day(scope.get("to"), "to")
+        where = scope_where(scope)
+        dated = scope.get("from") is not None or scope.get("to") is not None
+        start, end = (day(scope.get("from"), "from"), day(scope.get("to"), "to")) if dated else (None, None)
         keys = planning.resolve_selection(graph, scope.get("select"))
-        planning.check_range(graph, keys, start, end)
+        if dated:
+            planning.check_range(graph, keys, start, end)
+        planning.check_where(graph, keys, where)
+        seeds = planning.selection_seeds(graph, keys, start, end, where)
     except ValueError as e:  # PlanError too
-        add(Check("scope", False, str(e).replace("--select", "select").replace("--from", "from").replace("--to", "to")))
+        message = str(e)
+        for option in ("select", "from", "to", "where"):
+            message = message.replace(f"--{option}", option)
+        add(Check("scope", False, message))
         return None
-    seeds = planning.selection_seeds(graph, keys, start, end)
+    described = " ".join([*([f"{start}..{end}"] if dated else []), *(f"{n}={','.join(k)}" for n, k in where.items())])
     empty = [k.to_user_string() for k, r in seeds.items() if not r and graph.get(k).partitions_def is not None]
     if empty:
-        add(Check("scope", False, f"no whole partition of {', '.join(empty)} lies in {start}..{end}"))
+        add(Check("scope", False, f"no whole partition of {', '.join(empty)} lies in {described}"))
         return None
     ends = [planning.partition_index(p).keys[-1] for p in planning.time_defs(graph, keys)]
     exist = f" (partitions exist up to {max(ends)})" if ends else ""
-    add(Check("scope", True, f"{scope.get('select')} over {start}..{end}{exist}"))
+    add(Check("scope", True, f"{scope.get('select')} over {described}{exist}"))
     return planning.blast_radius(graph, seeds)
+
+
+def scope_where(scope: dict[str, Any]) -> dict[str, list[str]]:
+    """A scope's static selection, ``where: {region: [eu]}`` (a key alone for one), as name -> keys."""
+    where = scope.get("where") or {}
+    if not isinstance(where, dict) or not all(isinstance(k, str) for k in where):
+        raise ValueError("scope.where must map a dimension to its keys, e.g. where: {region: [eu]}")
+    return {name: [str(k) for k in (keys if isinstance(keys, list) else [keys])] for name, keys in where.items()}
 
 
 def day(value: Any, name: str) -> dt.date:

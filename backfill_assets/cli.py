@@ -427,6 +427,8 @@ def cmd_try(args: argparse.Namespace) -> int:
         print("\nNothing tried: fix the brief and run preflight again.")
         return EXIT_HELD
     brief, scope = result.brief, result.brief["scope"]
+    if scope.get("from") is None:
+        raise UsageError(f"brief {brief['id']} has no dates: --slice tries some of its days")
     first, last = (briefs.day(scope[k], k) for k in ("from", "to"))
     if start < first or end > last:
         raise UsageError(f"--slice {args.slice} is outside the brief's scope {first}..{last}")
@@ -443,6 +445,7 @@ def cmd_try(args: argparse.Namespace) -> int:
     select = f"({scope['select']})+"  # the whole blast radius, as launch targets it
     run = argparse.Namespace(
         file=args.file, module=args.module, select=select, start=start, end=end, only_missing=False,
+        where=[f"{n}={','.join(k)}" for n, k in briefs.scope_where(scope).items()],
         json=False, verbose=False, tag=[(BRIEF_TAG, str(brief["id"])), (OWNER_TAG, owner)], branch=branch,
     )  # fmt: skip
     started = time.perf_counter()

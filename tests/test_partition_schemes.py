@@ -2,6 +2,7 @@
 multi-partitions, hourly and a daily definition in a time zone. Expected values come from each test's own
 model of which generation each partition holds, and hashes are computed in SQL over the consumers' views."""
 
+import argparse
 import datetime as dt
 import json
 from decimal import Decimal
@@ -11,9 +12,10 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import duckdb
 import pytest
+import yaml
 
 import backfill_assets as bfa
-from backfill_assets import Column, Reconcile, TableSpec, cli, history, published_partitions
+from backfill_assets import Column, Reconcile, TableSpec, briefs, cli, history, launch, published_partitions
 from backfill_assets import warehouse as wh
 from backfill_assets.publish import write_audit_publish
 
@@ -322,3 +324,36 @@ def test_materialize_runs_a_date_range_of_each_region_in_one_run(tmp_path, monke
     with duckdb.connect(str(db), read_only=True) as con:
         totals = con.execute("SELECT region, amount, days FROM main.region_totals ORDER BY 1").fetchall()
     assert totals == [(r, Decimal(31 * sum(10 + i for i in range(3))), 31) for r in ("apac", "eu", "us")]
+
+
+EU_BRIEF = {
+    "id": "eu-january-fix", "title": "Orders, EU only, January", "reason": "A currency bug in EU orders.",
+    "owner": "sales-analytics", "reviewer": "lead@example.com", "risk": "metric-changing repair",
+    "scope": {"select": "key:orders", "from": "2025-01-01", "to": "2025-01-31", "where": {"region": "eu"}},
+    "write_strategy": "partition_overwrite", "batch_size": 31,
+    "expected_changes": [{"asset": "orders", "metric": "amount", "max_relative_change": 0.5}],
+    "rollback": "backfill-assets rollback orders --from 2025-01-01 --to 2025-01-31 --where region=eu",
+    "stakeholders": ["Regional sales board"],
+}  # fmt: skip
+
+
+def test_a_brief_scoped_to_one_region_plans_and_launches_that_region_only(tmp_path, monkeypatch, capsys):
+    """A brief's `where: {region: eu}`: preflight's blast radius is January x eu and eu's total; the backfill it
+    launches targets exactly those (per region, as Dagster reads a multi-partition range)."""
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "none.duckdb"))
+    path = tmp_path / "eu-january-fix.yaml"
+    path.write_text(yaml.safe_dump(EU_BRIEF, sort_keys=False))
+    assert cli.main(["preflight", str(path), "-f", REGION_PROJECT]) == cli.EXIT_OK, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "orders over 2025-01-01..2025-01-31 region=eu" in out
+    defs = cli.load_definitions(argparse.Namespace(file=REGION_PROJECT, module=None))
+    result = briefs.preflight(briefs.load(path), defs)
+    params = launch.backfill_params(result.brief, result.plan)
+    assert {p["assetKey"]["path"][0]: p["partitions"]["ranges"] for p in params["partitionsByAssets"]} == {
+        "orders": [{"start": "2025-01-01|eu", "end": "2025-01-31|eu"}], "region_totals": [{"start": "eu", "end": "eu"}],
+    }  # fmt: skip
+
+    bad = {**EU_BRIEF, "scope": {**EU_BRIEF["scope"], "where": {"region": "mars"}}}
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    assert cli.main(["preflight", str(path), "-f", REGION_PROJECT]) != cli.EXIT_OK
+    assert "where region: no partition mars" in capsys.readouterr().out
