@@ -357,3 +357,23 @@ def test_a_brief_scoped_to_one_region_plans_and_launches_that_region_only(tmp_pa
     path.write_text(yaml.safe_dump(bad, sort_keys=False))
     assert cli.main(["preflight", str(path), "-f", REGION_PROJECT]) != cli.EXIT_OK
     assert "where region: no partition mars" in capsys.readouterr().out
+
+
+def test_diff_of_a_region_after_its_backfill_names_each_day_and_region(tmp_path, monkeypatch, capsys):
+    """`diff orders --where region=eu` over three days after a backfill of generation 2: each partition's amount
+    moves from 3 rows of 10+i to 3 rows of 20+i, and every row's amount changed."""
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "w.duckdb"))
+    monkeypatch.setenv("REGION_PROJECT_GENERATION", str(tmp_path / "generation"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    days = ["--from", "2025-01-01", "--to", "2025-01-03"]
+    assert cli.main(["materialize", "-f", REGION_PROJECT, "--select", "orders", *days, "--where", "region=eu,us"]) == 0
+    (tmp_path / "generation").write_text("2")
+    assert cli.main(["materialize", "-f", REGION_PROJECT, "--select", "orders", *days, "--where", "region=eu"]) == 0
+    capsys.readouterr()
+    assert cli.main(["diff", "orders", "-f", REGION_PROJECT, *days, "--where", "region=eu", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    before, after = (Decimal(sum(g * 10 + i for i in range(3))) for g in (1, 2))
+    [metric] = got["metrics"]
+    moved = {(p["partition"], Decimal(p["before"]), Decimal(p["after"])) for p in metric["partitions"]}
+    assert moved == {(f"2025-01-0{d}|eu", before, after) for d in (1, 2, 3)}
+    assert (got["diff"]["matched"], got["diff"]["column_match_rates"]["amount"]) == (9, 0.0)
