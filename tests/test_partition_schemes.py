@@ -377,3 +377,14 @@ def test_diff_of_a_region_after_its_backfill_names_each_day_and_region(tmp_path,
     moved = {(p["partition"], Decimal(p["before"]), Decimal(p["after"])) for p in metric["partitions"]}
     assert moved == {(f"2025-01-0{d}|eu", before, after) for d in (1, 2, 3)}
     assert (got["diff"]["matched"], got["diff"]["column_match_rates"]["amount"]) == (9, 0.0)
+
+
+def test_dynamic_partitions_are_keyed_like_static_ones(con):
+    """A dynamic definition (tenants added at run time): its keys are the column's values, as static ones."""
+    spec = region_spec(name="by_tenant", partitions=dg.DynamicPartitionsDefinition(name="tenants"),
+                       partition_column="region")  # fmt: skip
+    run(con, spec, REGION_SQL, ["acme", "globex"], 1)
+    run(con, spec, REGION_SQL, ["acme"], 2)
+    totals = dict(con.execute("SELECT region, sum(amount) FROM main.by_tenant GROUP BY 1").fetchall())
+    per_key = {g: Decimal(sum(g * 100 + i for i in range(3))) for g in (1, 2)}  # REGION_SQL's three rows
+    assert totals == {"acme": per_key[2], "globex": per_key[1]}
