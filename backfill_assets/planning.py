@@ -290,9 +290,8 @@ def _key_ranges(pdef: dg.PartitionsDefinition, index: PartitionIndex, ranges: Ra
     days = partition_index(time)
     by_static: dict[str, list[tuple[int, str]]] = {}
     for key in index.keys_in(ranges):
-        parts = pdef.get_partition_key_from_str(key).keys_by_dimension
-        day = next(v for n, v in parts.items() if n != static[0])
-        by_static.setdefault(parts[static[0]], []).append((days.position(day), key))
+        day, region = _split(pdef, key)
+        by_static.setdefault(region, []).append((days.position(day), key))
     out = []
     for _, keyed in sorted(by_static.items()):
         keyed.sort()
@@ -407,15 +406,11 @@ def required_inputs(
 def _time_window(pdef: dg.PartitionsDefinition | None, key: str) -> tuple[dt.datetime, dt.datetime] | None:
     """(start, end) of the time window of `key` (of its time dimension in a multi-partition definition), or
     None when `pdef` has no time dimension."""
-    if isinstance(pdef, dg.MultiPartitionsDefinition):
-        dims = {d.name: d.partitions_def for d in pdef.partitions_defs}
-        parts = pdef.get_partition_key_from_str(key).keys_by_dimension
-        times = [n for n, d in dims.items() if isinstance(d, dg.TimeWindowPartitionsDefinition)]
-        return _time_window(dims[times[0]], parts[times[0]]) if times else None
-    if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
-        w = pdef.time_window_for_partition_key(key)
-        return w.start, w.end
-    return None
+    time, static = _dimensions(pdef)
+    if time is None:
+        return None
+    w = time.time_window_for_partition_key(_split(pdef, key)[0] if static is not None else key)
+    return w.start, w.end
 
 
 def _starts_after(pdef: dg.PartitionsDefinition | None, key: str, moment: dt.datetime) -> bool:
@@ -578,11 +573,11 @@ def _keys(pdef, first: str, last: str) -> tuple[str, ...]:
     time, static = _dimensions(pdef)
     if time is None or static is None:
         return tuple(index.keys[index.position(first) : index.position(last) + 1])
-    parts = [pdef.get_partition_key_from_str(k).keys_by_dimension for k in (first, last)]
-    day = next(n for n in parts[0] if n != static[0])
+    (first_day, region), (last_day, _) = _split(pdef, first), _split(pdef, last)
+    day_dimension = next(d.name for d in pdef.partitions_defs if d.name != static[0])
     days = partition_index(time)
-    span = days.keys[days.position(parts[0][day]) : days.position(parts[1][day]) + 1]
-    return tuple(str(dg.MultiPartitionKey({day: d, static[0]: parts[0][static[0]]})) for d in span)
+    span = days.keys[days.position(first_day) : days.position(last_day) + 1]
+    return tuple(str(dg.MultiPartitionKey({day_dimension: d, static[0]: region})) for d in span)
 
 
 def resolve_selection(graph, select: str | None) -> set[dg.AssetKey]:
@@ -634,6 +629,13 @@ def _dimensions(pdef: dg.PartitionsDefinition | None) -> tuple[Any, tuple[str | 
     return (None, (None, pdef)) if pdef is not None else (None, None)
 
 
+def _split(pdef: dg.MultiPartitionsDefinition, key: str) -> tuple[str, str]:
+    """(day key, static key) of a time x static definition's key."""
+    _, static = _dimensions(pdef)
+    parts = pdef.get_partition_key_from_str(key).keys_by_dimension
+    return next(v for n, v in parts.items() if n != static[0]), parts[static[0]]
+
+
 def _static_names(node) -> set[str]:
     """What a --where may call an asset's static dimension: its name in a multi-partition definition, and a
     derived table's partition column."""
@@ -679,9 +681,8 @@ def scoped_keys(graph, key: dg.AssetKey, start: dt.date | None, end: dt.date | N
             chosen = (chosen or set()) | set(wanted)
     out = []
     for k in partition_index(pdef).keys:
-        parts = pdef.get_partition_key_from_str(k).keys_by_dimension if time is not None else {None: k}
-        t = next((v for n, v in parts.items() if n != static[0]), None)
-        if (days is None or t in days) and (chosen is None or parts[static[0]] in chosen):
+        day, region = _split(pdef, k) if time is not None else (None, k)
+        if (days is None or day in days) and (chosen is None or region in chosen):
             out.append(k)
     return out
 
