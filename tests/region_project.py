@@ -1,5 +1,5 @@
-"""A small project of a user's own for tests/test_partition_schemes_dev.py: orders by day x region (static
-regions), and each region's total. The generation the transform writes is read from the file named by
+"""A small project of a user's own for tests/test_partition_schemes*.py: orders by day x region (static
+regions), each region's total, and clicks per hour. The generation the transform writes is read from the file named by
 $REGION_PROJECT_GENERATION when a run starts (1 without it), so a test can change what a backfill produces."""
 
 import os
@@ -40,8 +40,20 @@ region_totals = bfa.derived_asset(
     "WHERE region IN (SELECT unnest($keys::VARCHAR[])) GROUP BY ALL",
     deps=[dg.AssetDep("orders", partition_mapping=dg.MultiToSingleDimensionPartitionMapping("region"))],
 )
+# Clicks per hour (UTC): two rows an hour, n = generation * 100 + i.
+CLICKS = bfa.TableSpec(
+    name="clicks_hourly", partitions=dg.HourlyPartitionsDefinition("2025-01-01-00:00", end_date="2025-01-08-00:00"),
+    partition_column="hour", grain=["id"], columns={}, code_version="1", metrics={"clicks": "sum(n)"},
+    max_row_change=1.0,
+)  # fmt: skip
+clicks_hourly = bfa.derived_asset(
+    CLICKS,
+    "SELECT h AS hour, strftime(h, '%Y%m%d%H') || '-' || i AS id, $gen * 100 + i AS n "
+    "FROM range($start::TIMESTAMPTZ, $end::TIMESTAMPTZ, INTERVAL 1 HOUR) r(h), range(2) t(i)",
+    params=generation,
+)
 defs = dg.Definitions(
-    assets=[orders, region_totals, *bfa.consumer_specs([ORDERS, REGION_TOTALS])],
+    assets=[orders, region_totals, clicks_hourly, *bfa.consumer_specs([ORDERS, REGION_TOTALS])],
     resources={"warehouse": bfa.Warehouse()},
     executor=dg.in_process_executor,
 )

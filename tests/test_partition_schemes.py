@@ -388,3 +388,37 @@ def test_dynamic_partitions_are_keyed_like_static_ones(con):
     totals = dict(con.execute("SELECT region, sum(amount) FROM main.by_tenant GROUP BY 1").fetchall())
     per_key = {g: Decimal(sum(g * 100 + i for i in range(3))) for g in (1, 2)}  # REGION_SQL's three rows
     assert totals == {"acme": per_key[2], "globex": per_key[1]}
+
+
+def test_an_hourly_table_through_the_cli_plans_publishes_diffs_and_rolls_back_an_hour(tmp_path, monkeypatch, capsys):
+    """One day of clicks_hourly: plan and materialize say 24 partitions in one run, consumers read 24 distinct
+    hours; a second generation of the day, then one hour rolled back alone: that hour reads generation 1 again and
+    the others generation 2; diff of another hour compares its two generations."""
+    db = tmp_path / "w.duckdb"
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(db))
+    monkeypatch.setenv("REGION_PROJECT_GENERATION", str(tmp_path / "generation"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    day = ["--select", "clicks_hourly", "--from", "2025-01-02", "--to", "2025-01-02"]
+
+    def cli_json(*args):
+        assert cli.main([*args, "-f", REGION_PROJECT, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    [planned] = cli_json("plan", *day)["assets"]
+    assert (planned["partitions"], planned["partition_count"]) == (["2025-01-02-00:00..2025-01-02-23:00"], 24)
+    assert [r["partitions"] for r in cli_json("materialize", *day)["runs"]] == [24]
+    (tmp_path / "generation").write_text("2")
+    cli_json("materialize", *day)
+    assert cli.main(["rollback", "clicks_hourly", "-f", REGION_PROJECT, "--partition", "2025-01-02-05:00"]) == 0
+    capsys.readouterr()
+    with duckdb.connect(str(db), read_only=True) as con:
+        hours = con.execute(
+            "SELECT hour AT TIME ZONE 'UTC', sum(n) FROM main.clicks_hourly GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    expected = {h: sum((1 if h == 5 else 2) * 100 + i for i in range(2)) for h in range(24)}
+    assert [(t.hour, n) for t, n in hours] == sorted(expected.items())
+    assert {t.date() for t, _ in hours} == {dt.date(2025, 1, 2)}
+    [metric] = cli_json("diff", "clicks_hourly", "--partition", "2025-01-02-06:00")["metrics"]  # previous -> published
+    assert [(p["partition"], p["before"], p["after"]) for p in metric["partitions"]] == [
+        ("2025-01-02-06:00", str(expected[5]), str(expected[6]))
+    ]
