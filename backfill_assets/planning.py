@@ -235,22 +235,31 @@ def _impact_json(i: Impact) -> dict[str, Any]:
 
 
 def blast_radius(graph, seeds: Mapping[dg.AssetKey, Ranges], reasons: Mapping[dg.AssetKey, str] | None = None) -> Plan:
-    """Propagate changed partition ranges from `seeds` to everything downstream, in dependency order."""
+    """Propagate changed partition ranges from `seeds` to everything downstream, in dependency order. A
+    partitioned asset none of whose partitions reads a changed one (a last-partition mapping, a region another
+    region's change does not reach) is not in the blast radius, nor is what only it reaches."""
     ranges: dict[dg.AssetKey, Ranges] = {k: merge(r) for k, r in seeds.items()}
     depth: dict[dg.AssetKey, tuple[int, dg.AssetKey | None]] = {k: (0, None) for k in seeds}
-    for key in _downstream_order(graph, seeds):
+    affected = set(seeds)
+    order = _downstream_order(graph, seeds)
+    for key in order:
         # A seed downstream of another seed also changes wherever its changed parents reach.
         mine: Ranges = list(ranges.get(key, []))
+        partitioned = graph.get(key).partitions_def is not None
         for parent in graph.get(key).parent_keys:
-            if parent not in ranges:
+            if parent not in affected:
                 continue
-            mine += _map_edge(graph, parent, key, ranges[parent])
+            mapped = _map_edge(graph, parent, key, ranges[parent])
+            if partitioned and not mapped:
+                continue
+            mine += mapped
+            affected.add(key)  # an unpartitioned asset is rebuilt whole when any parent changes
             d = depth[parent][0] + 1
             if key not in depth or d < depth[key][0]:
                 depth[key] = (d, parent)
         ranges[key] = merge(mine)
     impacts = []
-    for key in _downstream_order(graph, seeds):
+    for key in (k for k in order if k in affected):
         node = graph.get(key)
         d, via = depth[key]
         pdef = node.partitions_def

@@ -113,7 +113,7 @@ def test_blast_radius_through_static_and_multi_partition_mappings_equals_dagster
                 for key in expected[parent]
                 for child in graph.get_child_partition_keys_of_parent(key, dg.AssetKey(parent), dg.AssetKey(f"a{i}"))
             }
-    assert {i.asset: set(i.keys) for i in plan.impacts if i.keys} == {a: k for a, k in expected.items() if k}
+    assert {i.asset: set(i.keys) for i in plan.impacts} == {a: k for a, k in expected.items() if k or a == "a0"}
 
 
 def test_condensed_ranges_and_whole_windows():
@@ -349,3 +349,24 @@ def test_every_partition_of_a_child_reads_its_whole_unpartitioned_parent():
 
 BRIEF = {"id": "b1", "title": "t", "risk": "low-risk enrichment", "owner": "o", "reviewer": "r", "reason": "x",
          "rollback": "y"}  # fmt: skip
+
+
+def test_an_asset_that_reads_no_changed_partition_and_what_only_it_feeds_are_not_in_the_blast_radius():
+    """b reads only a's last day, and c (unpartitioned) reads b: a change to a's first day reaches neither."""
+    a = dg.asset(name="a", partitions_def=TEN_DAYS)(lambda: None)
+    b = dg.asset(
+        name="b", partitions_def=TEN_DAYS, deps=[dg.AssetDep("a", partition_mapping=dg.LastPartitionMapping())]
+    )(lambda: None)
+    c = dg.asset(name="c", deps=["b"])(lambda: None)
+    graph = dg.Definitions(assets=[a, b, c]).resolve_asset_graph()
+    first, last = (
+        pl.partition_index(TEN_DAYS).ranges_of(["2025-01-01"]),
+        pl.partition_index(TEN_DAYS).ranges_of(["2025-01-10"]),
+    )
+    assert [i.asset for i in pl.blast_radius(graph, {dg.AssetKey("a"): first}).impacts] == ["a"]
+    reached = pl.blast_radius(graph, {dg.AssetKey("a"): last}).impacts
+    assert [(i.asset, i.partition_count, i.partitioned) for i in reached] == [
+        ("a", 1, True),
+        ("b", 10, True),
+        ("c", 0, False),
+    ]
