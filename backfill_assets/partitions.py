@@ -178,8 +178,8 @@ class Scheme:
         return f"struct_pack(t := {parts[0]}, s := {parts[1]})" if len(parts) == 2 else parts[0]
 
     def row_value(self, *columns: Any) -> Hashable:
-        """The value of a row whose partition columns hold `columns` (time first), comparable with
-        :meth:`hashable` of :meth:`value`."""
+        """The value of a row whose partition columns hold `columns` (time first), as :func:`hashable` makes a
+        :meth:`value` comparable."""
         return hashable({"t": columns[0], "s": columns[1]} if len(columns) == 2 else columns[0])
 
     def sort(self, keys: Sequence[str]) -> list[str]:
