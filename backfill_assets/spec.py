@@ -82,9 +82,10 @@ class Consumer:
 class Reconcile:
     """The table's `metric` must equal, per partition, the value computed by `expected_sql`.
 
-    `expected_sql` returns two columns, ``(partition_date, value)``, one row per partition; it may
-    use the bound window parameters ``$start`` and ``$end`` (end exclusive; dates or timestamps, as the
-    partition column holds them). A long run evaluates it
+    `expected_sql` returns the partition columns, then the value, one row per partition: ``(partition_date,
+    value)`` for a time window, ``(region, value)`` for static partitions, ``(day, region, value)`` for date x
+    region. It may use the bound parameters ``$start`` and ``$end`` (end exclusive; dates or timestamps, as the
+    partition column holds them) and ``$keys`` (the static keys). A long run evaluates it
     once per slice of ``partitions_per_write`` partitions, so a partition's value must not depend on which
     window holds it. A partition passes when ``|actual - expected| <= abs_tol`` or ``<= rel_tol * |expected|``.
     To compare with an upstream table's own metric without rescanning its rows, select from
