@@ -210,7 +210,7 @@ def _version_filter(con: duckdb.DuckDBPyConnection, asset: str, members: str) ->
     if not ranges:
         return "false"
     if len(ranges) <= _MAX_RANGES:
-        return "(" + " OR ".join(f"{v} BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges) + ")"
+        return _in_ranges(ranges)
     lo, hi = catalog.member_bounds(con, asset, members)
     return f"({v} BETWEEN {int(lo)} AND {int(hi)} AND {v} IN ({catalog.members_query(asset, members)}))"
 
@@ -267,7 +267,12 @@ def _exact_filter(versions: Sequence[int]) -> tuple[str, list]:
             runs.append([v, v])
     if len(runs) > _MAX_RANGES:
         return f"{VERSION_COLUMN} IN (SELECT unnest(?::BIGINT[]))", [list(versions)]
-    return "(" + " OR ".join(f"{VERSION_COLUMN} BETWEEN {int(a)} AND {int(b)}" for a, b in runs) + ")", []
+    return _in_ranges(runs), []
+
+
+def _in_ranges(ranges: Sequence[Sequence[int]]) -> str:
+    """The version column within any of `ranges` (lowest, highest id), as literals DuckDB pushes into the scan."""
+    return "(" + " OR ".join(f"{VERSION_COLUMN} BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges) + ")"
 
 
 def _create_view(con: duckdb.DuckDBPyConnection, asset: str, published: Sequence[int] = ()) -> None:
