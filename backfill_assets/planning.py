@@ -297,21 +297,15 @@ def _key_ranges(pdef: dg.PartitionsDefinition, index: PartitionIndex, ranges: Ra
     if time is None or static is None:
         return [(index.keys[lo], index.keys[hi - 1]) for lo, hi in ranges]
     days = partition_index(time)
-    by_static: dict[str, list[tuple[int, str]]] = {}
+    by_static: dict[str, dict[int, str]] = {}
     for key in index.keys_in(ranges):
         day, region = _split(pdef, key)
-        by_static.setdefault(region, []).append((days.position(day), key))
-    out = []
-    for _, keyed in sorted(by_static.items()):
-        keyed.sort()
-        first = prev = keyed[0]
-        for item in keyed[1:]:
-            if item[0] != prev[0] + 1:
-                out.append((first[1], prev[1]))
-                first = item
-            prev = item
-        out.append((first[1], prev[1]))
-    return out
+        by_static.setdefault(region, {})[days.position(day)] = key
+    return [
+        (keys[lo], keys[hi - 1])
+        for _, keys in sorted(by_static.items())
+        for lo, hi in merge((p, p + 1) for p in keys)
+    ]
 
 
 def _downstream_order(graph, seeds: Iterable[dg.AssetKey]) -> list[dg.AssetKey]:
