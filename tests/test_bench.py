@@ -14,17 +14,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DAILY = {"raw_events", "events_clean", "sessions", "daily_active_users", "funnel_daily", "revenue_daily"}
 
 
-def test_benchmark_smoke(tmp_path):
-    out, work = tmp_path / "bench.json", tmp_path / "work"
+def smoke(script: str, out: Path, *extra: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """`script --smoke --out OUT *extra`, which must succeed; what it printed and the JSON it wrote."""
     done = subprocess.run(
-        [sys.executable, "benchmarks/bench.py", "--smoke", "--out", str(out), "--workdir", str(work)],
+        [sys.executable, script, "--smoke", "--out", str(out), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return done, json.loads(out.read_text())
+
+
+def test_benchmark_smoke(tmp_path):
+    out, work = tmp_path / "bench.json", tmp_path / "work"
+    done, results = smoke("benchmarks/bench.py", out, "--workdir", str(work), timeout=600)
     summary = results["summary"]
 
     assert results["read"]["same_rows"] == dict.fromkeys(DAILY, True)
@@ -146,16 +151,7 @@ def test_a_worker_out_of_memory_runs_once_more_from_an_empty_warehouse(tmp_path,
 def test_partition_count_benchmark_smoke(tmp_path):
     """Every size builds its history and times publishes and reads; the benchmark itself refuses a view that
     disagrees with the plain table or holds other than 50 rows in each of its partitions."""
-    out = tmp_path / "partitions.json"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/partition_bench.py", "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.read_text())
+    done, results = smoke("benchmarks/partition_bench.py", tmp_path / "partitions.json", timeout=300)
     assert list(results["sizes"]) == ["50", "200"]
     for n, size in results["sizes"].items():
         assert (size["partitions"], size["rows"]) == (int(n), int(n) * 50)
