@@ -36,6 +36,7 @@ import dagster as dg
 import yaml
 
 from . import catalog, planning
+from .audit import plural
 
 RISK_CLASSES = (
     "low-risk enrichment",
@@ -88,7 +89,7 @@ class Preflight:
     def render(self) -> str:
         lines = [f"Preflight of brief {self.brief.get('id', '?')!s}: {self.brief.get('title', '')!s}", ""]
         lines += [f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
-        verdict = "passed" if self.passed else f"FAILED ({sum(not c.ok for c in self.checks)} problems)"
+        verdict = "passed" if self.passed else f"FAILED ({plural(sum(not c.ok for c in self.checks), 'problem')})"
         lines += ["", f"Preflight {verdict}."]
         if self.plan is not None:
             lines += ["", planning.render(self.plan)]
@@ -238,11 +239,16 @@ def _check_batch_size(batch_size: Any, plan: planning.Plan, graph, add) -> None:
         return
     too_big = []
     for impact in plan.tables:
-        policy = graph.get(dg.AssetKey.from_user_string(impact.asset)).backfill_policy
+        node = graph.get(dg.AssetKey.from_user_string(impact.asset))
+        # Dagster runs each range alone (a time x static definition's: one static key's days)
+        largest = max(
+            (len(planning.range_keys(node.partitions_def, *r)) for r in impact.ranges), default=impact.partition_count
+        )
+        policy = node.backfill_policy
         per_run = (
-            impact.partition_count
+            largest
             if policy is None or policy.max_partitions_per_run is None
-            else min(policy.max_partitions_per_run, impact.partition_count)
+            else min(policy.max_partitions_per_run, largest)
         )
         if per_run > batch_size:
             too_big.append(f"{impact.asset} ({per_run} per run)")

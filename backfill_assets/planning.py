@@ -559,15 +559,15 @@ def _runs(graph, order: Sequence[dg.AssetKey], planned: Mapping[dg.AssetKey, lis
     while needs:
         ready = [g for g, deps in needs.items() if deps <= done]
         if not ready:  # ranges that interleave across definitions: one run per asset range, in lineage order
-            return [Run((k,), _keys(pdef, lo, hi)) for k in order for pdef, lo, hi in group_of.get(k, ())]
+            return [Run((k,), range_keys(pdef, lo, hi)) for k in order for pdef, lo, hi in group_of.get(k, ())]
         for g in ready:
-            runs.append(Run(tuple(groups[g]), _keys(*g)))
+            runs.append(Run(tuple(groups[g]), range_keys(*g)))
             done.add(g)
             del needs[g]
     return runs
 
 
-def _keys(pdef, first: str, last: str) -> tuple[str, ...]:
+def range_keys(pdef, first: str, last: str) -> tuple[str, ...]:
     """The keys of the range first..last as Dagster reads it (a time x static definition's: first's static key,
     first's day to last's)."""
     if pdef is None:

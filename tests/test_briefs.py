@@ -94,6 +94,18 @@ def test_a_broken_brief_fails_preflight_naming_the_problem(tmp_path, capsys, cha
     assert failure in out
 
 
+def test_batch_size_counts_a_region_s_run_not_every_region_s_partitions(tmp_path, capsys):
+    """Dagster runs a day x region backfill one region at a time (docs/define-a-table.md): January of three
+    regions is three runs of 31 partitions each."""
+    scope = {"select": "key:revenue_by_region", "from": "2025-01-01", "to": "2025-01-31"}
+    changes = [{"asset": "revenue_by_region", "metric": "net_revenue_usd", "max_relative_change": 0.15}]
+    brief = {"scope": scope, "expected_changes": changes, "stakeholders": ["Regional revenue board"]}
+    code, out, _ = preflight(write_brief(tmp_path, **brief, batch_size=31), capsys)
+    assert "[ok] batch size: at most 31 partitions per run" in out, out
+    code, out, _ = preflight(write_brief(tmp_path, **brief, batch_size=30), capsys)
+    assert "more than 30 partitions per run: revenue_by_region (31 per run)" in out, out
+
+
 def test_brief_id_must_be_safe_and_match_the_file_name(tmp_path, capsys):
     path = tmp_path / "refunds.yaml"
     path.write_text(REFUNDS.read_text().replace("id: refunds-fix-2025q1", "id: x'; DROP TABLE t --"))
