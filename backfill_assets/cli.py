@@ -19,6 +19,7 @@ import time
 import tomllib
 import traceback
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -1072,6 +1073,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Dagster's own parser of `not ...` selections passes a beta parameter and warns the user about it.
+    warnings.filterwarnings("ignore", message="Parameter `include_sources`", category=dg.BetaWarning)
     try:
         return args.func(args)
     except (warehouse.WarehouseLockTimeout, warehouse.BranchError) as e:  # not usage errors: a lock, a refusal
