@@ -1,9 +1,9 @@
-"""The pipeline as it was before the refunds fix: revenue_daily at code version 1.
+"""The pipeline as it was before the refunds fix: revenue_daily and revenue_by_region at code version 1.
 
-Version 1 of revenue_daily did not join refund events, so refunds were undercounted (zero) and net revenue
-equalled gross revenue. `make dev` seeds the demo warehouse with these definitions, so the shipped code
-(revenue_daily version 2) shows the old partitions as stale, and `backfills/refunds-fix-2025q1.yaml`
-repairs them:
+Version 1 of both did not join refund events, so refunds were undercounted (zero) and net revenue equalled
+gross revenue. `make dev` seeds the demo warehouse with these definitions, so the shipped code (version 2)
+shows the old partitions as stale, and `backfills/refunds-fix-2025q1.yaml` (revenue_daily) and
+`backfills/emea-refunds-2025-01.yaml` (revenue_by_region, EMEA in January only) repair them:
 
     backfill-assets materialize -f product_analytics/legacy.py --from 2025-01-01 --to 2025-03-31
 """
@@ -28,6 +28,23 @@ WHERE event_date >= $start AND event_date < $end AND event_type = 'purchase'
 GROUP BY 1, 2
 """
 
+LEGACY_REVENUE_BY_REGION_SQL = f"""
+WITH sales AS (
+    SELECT event_date, region, amount_usd FROM events_clean JOIN {tables.REGION_OF} USING (currency)
+    WHERE event_date >= $start AND event_date < $end AND event_type = 'purchase'
+)
+SELECT d::DATE AS revenue_date,
+       k.region,
+       count(amount_usd) AS purchases,
+       0::BIGINT AS refunds,
+       coalesce(sum(amount_usd), 0)::DECIMAL(18, 2) AS gross_revenue_usd,
+       0::DECIMAL(18, 2) AS refunds_usd,
+       coalesce(sum(amount_usd), 0)::DECIMAL(18, 2) AS net_revenue_usd
+FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d) CROSS JOIN unnest($keys::VARCHAR[]) k(region)
+LEFT JOIN sales s ON s.event_date = d::DATE AND s.region = k.region
+GROUP BY 1, 2
+"""
+
 legacy_revenue_daily_spec = dataclasses.replace(
     tables.revenue_daily_spec,
     code_version="1",
@@ -42,10 +59,18 @@ legacy_revenue_daily_spec = dataclasses.replace(
     ],
 )
 
+legacy_revenue_by_region_spec = dataclasses.replace(tables.revenue_by_region_spec, code_version="1", rules=[])
+
 
 def build_legacy_assets() -> list:
-    legacy = bfa.derived_asset(legacy_revenue_daily_spec, LEGACY_REVENUE_DAILY_SQL, deps=["events_clean"])
-    return [legacy if getattr(a, "key", None) == legacy.key else a for a in tables.build_assets()]
+    legacy = {
+        a.key: a
+        for a in (
+            bfa.derived_asset(legacy_revenue_daily_spec, LEGACY_REVENUE_DAILY_SQL, deps=["events_clean"]),
+            bfa.derived_asset(legacy_revenue_by_region_spec, LEGACY_REVENUE_BY_REGION_SQL, deps=["events_clean"]),
+        )
+    }
+    return [legacy.get(getattr(a, "key", None), a) for a in tables.build_assets()]
 
 
 defs = dg.Definitions(

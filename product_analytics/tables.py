@@ -21,6 +21,9 @@ def pseudonym_salt() -> str:
 daily = dg.DailyPartitionsDefinition(start_date=str(source.START))
 weekly = dg.WeeklyPartitionsDefinition(start_date="2025-01-06", day_offset=1)  # ISO weeks, Monday first
 monthly = dg.MonthlyPartitionsDefinition(start_date=str(source.START))
+hourly = dg.HourlyPartitionsDefinition(start_date=f"{source.START}-00:00")  # UTC hours
+REGIONS = ("americas", "apac", "emea")
+day_by_region = dg.MultiPartitionsDefinition({"date": daily, "region": dg.StaticPartitionsDefinition(list(REGIONS))})
 
 PLATFORM = "team:data-platform"
 GROWTH = "team:growth-analytics"
@@ -29,6 +32,8 @@ FINANCE = "team:finance-analytics"
 growth_kpis = bfa.Consumer("Growth KPIs dashboard", "dashboard", owners=["team:growth"])
 finance_revenue = bfa.Consumer("Finance revenue dashboard", "dashboard", owners=["team:finance"])
 crm_export = bfa.Consumer("CRM audience export", "export", owners=["team:crm"])
+regional_board = bfa.Consumer("Regional revenue board", "dashboard", owners=["team:regional-finance"])
+ops_monitor = bfa.Consumer("Traffic monitor", "dashboard", owners=["team:sre"])
 engagement_report = bfa.Consumer("Product engagement report", "report", owners=["team:product"])
 
 NON_NEGATIVE = [pa.Check.ge(0)]
@@ -39,6 +44,8 @@ MAX_AMOUNT = 100_000  # no plan costs more in any currency; larger amounts are i
 IS_BOT = " OR ".join(f"contains(lower(user_agent), '{word}')" for word in ("bot", "crawler", "spider"))
 # What must never leave raw_events: every derived table's blocking check `no_personal_data` looks for it.
 PERSONAL_DATA = {"email address": bfa.EMAIL, "raw user id": r"^u[0-9]+$"}
+# The sales region of a purchase, from its currency.
+REGION_OF = "(VALUES ('USD', 'americas'), ('EUR', 'emea'), ('GBP', 'emea'), ('JPY', 'apac')) AS r(currency, region)"
 FX_TO_USD = "(VALUES ('USD', 1.0), ('EUR', 1.08), ('GBP', 1.27), ('JPY', 0.0067)) AS fx(currency, usd_rate)"
 
 
@@ -518,6 +525,113 @@ monthly_revenue_spec = bfa.TableSpec(
     group="revenue",
 )
 
+# --- revenue_by_region ---------------------------------------------------------------------
+
+# One partition per day and region: a backfill can be scoped to a region (`--where region=emea`). Every day
+# and region has a row, zeros when nothing was sold there (APAC has days without a purchase).
+REVENUE_BY_REGION_SQL = f"""
+WITH sales AS (
+    SELECT event_date, region, event_type, amount_usd FROM events_clean JOIN {REGION_OF} USING (currency)
+    WHERE event_date >= $start AND event_date < $end AND event_type IN ('purchase', 'refund')
+)
+SELECT d::DATE AS revenue_date,
+       k.region,
+       count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+       count(*) FILTER (WHERE event_type = 'refund') AS refunds,
+       coalesce(sum(amount_usd) FILTER (WHERE event_type = 'purchase'), 0)::DECIMAL(18, 2) AS gross_revenue_usd,
+       coalesce(sum(amount_usd) FILTER (WHERE event_type = 'refund'), 0)::DECIMAL(18, 2) AS refunds_usd,
+       (gross_revenue_usd - refunds_usd)::DECIMAL(18, 2) AS net_revenue_usd
+FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d) CROSS JOIN unnest($keys::VARCHAR[]) k(region)
+LEFT JOIN sales s ON s.event_date = d::DATE AND s.region = k.region
+GROUP BY 1, 2
+"""
+
+revenue_by_region_spec = bfa.TableSpec(
+    name="revenue_by_region",
+    description="Daily revenue in USD per sales region (from the purchase currency), partitioned by day x region.",
+    partitions=day_by_region,
+    partition_column={"date": "revenue_date", "region": "region"},
+    grain=["revenue_date", "region"],
+    columns={
+        "revenue_date": col("DATE"),
+        "region": col("VARCHAR", checks=[pa.Check.isin(REGIONS)]),
+        "purchases": col("BIGINT", checks=NON_NEGATIVE),
+        "refunds": col("BIGINT", checks=NON_NEGATIVE),
+        "gross_revenue_usd": col("DECIMAL(18,2)", **money),
+        "refunds_usd": col("DECIMAL(18,2)", **money),
+        "net_revenue_usd": col("DECIMAL(18,2)", "Gross minus refunds; may be negative."),
+    },
+    metrics={"net_revenue_usd": "sum(net_revenue_usd)", "gross_revenue_usd": "sum(gross_revenue_usd)"},
+    rules=[
+        bfa.Reconcile(
+            "net_matches_events",
+            "net_revenue_usd",
+            f"""SELECT event_date, region, sum(CASE event_type WHEN 'purchase' THEN amount_usd ELSE -amount_usd END)
+                FROM events_clean JOIN {REGION_OF} USING (currency)
+                WHERE event_date >= $start AND event_date < $end AND event_type IN ('purchase', 'refund')
+                GROUP BY 1, 2""",
+            description="Each day and region's net revenue equals its purchases minus refunds in events_clean.",
+        ),
+        bfa.Invariant(
+            "net_row_arithmetic", "SELECT * FROM candidate WHERE net_revenue_usd <> gross_revenue_usd - refunds_usd"
+        ),
+    ],
+    consumers=[regional_board],
+    code_version="2",  # version 1 did not subtract refunds (see legacy.py and backfills/emea-refunds-2025-01.yaml)
+    owners=[FINANCE],
+    personal_data=PERSONAL_DATA,
+    group="revenue",
+)
+
+# --- events_hourly -------------------------------------------------------------------------
+
+# Every hour has a row, zeros when nothing happened (a quiet night at low volume).
+EVENTS_HOURLY_SQL = """
+WITH ev AS (
+    SELECT date_trunc('hour', event_ts_utc) AS hour, event_type, actor_key FROM events_clean
+    WHERE event_date BETWEEN $start::DATE AND $end::DATE AND event_ts_utc >= $start AND event_ts_utc < $end
+)
+SELECT h AS event_hour,
+       count(event_type) AS events,
+       count(DISTINCT actor_key) AS actors,
+       count(*) FILTER (WHERE event_type = 'signup') AS signups,
+       count(*) FILTER (WHERE event_type = 'purchase') AS purchases
+FROM range($start, $end, INTERVAL 1 HOUR) r(h) LEFT JOIN ev ON ev.hour = h
+GROUP BY 1
+"""
+
+events_hourly_spec = bfa.TableSpec(
+    name="events_hourly",
+    description="Events, distinct actors, signups and purchases per UTC hour.",
+    partitions=hourly,
+    partition_column="event_hour",
+    grain=["event_hour"],
+    columns={
+        "event_hour": col("TIMESTAMP", "Start of the UTC hour."),
+        "events": col("BIGINT", checks=NON_NEGATIVE),
+        "actors": col("BIGINT", checks=NON_NEGATIVE),
+        "signups": col("BIGINT", checks=NON_NEGATIVE),
+        "purchases": col("BIGINT", checks=NON_NEGATIVE),
+    },
+    metrics={"events": "sum(events)", "purchases": "sum(purchases)"},
+    rules=[
+        bfa.Reconcile(
+            "events_match_clean",
+            "events",
+            "SELECT date_trunc('hour', event_ts_utc), count(*) FROM events_clean "
+            "WHERE event_date BETWEEN $start::DATE AND $end::DATE AND event_ts_utc >= $start AND event_ts_utc < $end "
+            "GROUP BY 1",
+            description="Each hour's events equal events_clean's events of that hour.",
+        ),
+        bfa.Invariant("actors_at_most_events", "SELECT * FROM candidate WHERE actors > events"),
+    ],
+    consumers=[ops_monitor],
+    code_version="1",
+    owners=[PLATFORM],
+    personal_data=PERSONAL_DATA,
+    group="core",
+)
+
 SPECS = [
     raw_events_spec,
     events_clean_spec,
@@ -528,6 +642,8 @@ SPECS = [
     weekly_active_users_spec,
     retention_cohorts_spec,
     monthly_revenue_spec,
+    revenue_by_region_spec,
+    events_hourly_spec,
 ]
 
 
@@ -553,5 +669,7 @@ def build_assets() -> list:
         retention_cohorts_spec, RETENTION_SQL, deps=[dg.AssetDep(clean, partition_mapping=cohort_window)]
     )
     monthly_rev = bfa.derived_asset(monthly_revenue_spec, MONTHLY_REVENUE_SQL, deps=[revenue])
-    tables = [raw, clean, sessions, dau, funnel, revenue, wau, retention, monthly_rev]
+    by_region = bfa.derived_asset(revenue_by_region_spec, REVENUE_BY_REGION_SQL, deps=[clean])
+    hourly_events = bfa.derived_asset(events_hourly_spec, EVENTS_HOURLY_SQL, deps=[clean])  # an hour reads its day
+    tables = [raw, clean, sessions, dau, funnel, revenue, wau, retention, monthly_rev, by_region, hourly_events]
     return [*tables, *bfa.consumer_specs(SPECS)]

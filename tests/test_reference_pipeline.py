@@ -1,14 +1,21 @@
 """The reference pipeline through real Dagster runs, on warehouses under tmp_path."""
 
+import json
+from pathlib import Path
+
 import dagster as dg
 import duckdb
+import pandas as pd
 import pytest
 from conftest import DAILY, check_evaluations, make_defs, published, run_range, step_failures
 
 import backfill_assets as bfa
+from backfill_assets import cli
 from backfill_assets.audit import check_names
 from product_analytics import tables
 from product_analytics.legacy import LEGACY_REVENUE_DAILY_SQL
+
+DEFINITIONS = Path(__file__).resolve().parents[1] / "definitions.py"
 
 
 def test_definitions_load_with_checks_owners_kinds_and_consumers():
@@ -220,3 +227,39 @@ def test_deselected_checks_still_gate_the_publish(january):
     assert not result.success and check_evaluations(result) == {}
     assert "check 'complete' failed" in step_failures(result)[0]
     assert published(january, "events_clean") == before
+
+
+def test_revenue_by_region_and_events_hourly_follow_the_clean_events(january, monkeypatch, capsys):
+    """The two reference tables partitioned otherwise than by day, through the CLI over a week: every day x region
+    and every hour has a row, a region's days run as one run, and the figures are recomputed here with pandas from
+    the clean events consumers read (the currency -> region map is the test's own)."""
+    region_of = {"USD": "americas", "EUR": "emea", "GBP": "emea", "JPY": "apac"}
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(january))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    week = ["--from", "2025-01-01", "--to", "2025-01-07"]
+    selection = ["--select", "key:revenue_by_region or key:events_hourly"]
+    assert cli.main(["materialize", "-f", str(DEFINITIONS), "--json", *selection, *week]) == 0
+    runs = {r["range"]: r["partitions"] for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert runs == {
+        "2025-01-01-00:00..2025-01-07-23:00": 7 * 24,
+        **{f"2025-01-01|{r}..2025-01-07|{r}": 7 for r in ("americas", "apac", "emea")},
+    }
+    with duckdb.connect(str(january), read_only=True) as con:
+        events = con.execute("SELECT * FROM main.events_clean WHERE event_date <= '2025-01-07'").df()
+        by_region = con.execute("SELECT * FROM main.revenue_by_region").df()
+        hourly = con.execute("SELECT * FROM main.events_hourly").df()
+        hours = sorted(bfa.published_partitions(con, "events_hourly"))
+
+    sales = events[events.event_type.isin(["purchase", "refund"])]
+    signed = sales.amount_usd.where(sales.event_type == "purchase", -sales.amount_usd)
+    days = pd.date_range("2025-01-01", "2025-01-07").date
+    grid = pd.MultiIndex.from_product([days, sorted(set(region_of.values()))])
+    expected = signed.groupby([sales.event_date.dt.date, sales.currency.map(region_of)]).sum()
+    got = by_region.set_index([by_region.revenue_date.dt.date, "region"]).net_revenue_usd
+    assert got.sort_index().to_dict() == expected.reindex(grid, fill_value=0).round(2).to_dict()  # DECIMAL(18, 2)
+    assert (by_region.refunds_usd > 0).any()  # version 2: refunds subtracted
+
+    grid = pd.date_range("2025-01-01", periods=7 * 24, freq="h")
+    assert hours == [f"{t:%Y-%m-%d-%H:%M}" for t in grid]  # 24 distinct hours a day
+    expected = events.groupby(events.event_ts_utc.dt.floor("h")).size().reindex(grid, fill_value=0)
+    assert hourly.set_index("event_hour").events.sort_index().to_dict() == expected.to_dict()
