@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -91,6 +91,8 @@ class Scheme:
     static: tuple[str | None, str] | None
     time_kind: str | None = None
     cast_static: bool = False
+    # time key -> window: Dagster's lookup costs ~80 us, and a run asks for each key's several times
+    _windows: dict[str, tuple[Bound, Bound]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -155,8 +157,11 @@ class Scheme:
 
     def window(self, time_key: str) -> tuple[Bound, Bound]:
         """(start, end exclusive) of a time key, as the time column holds them."""
+        if (known := self._windows.get(time_key)) is not None:
+            return known
         w = self.time_definition.time_window_for_partition_key(time_key)
-        return bound(w.start, self.time_kind), bound(w.end, self.time_kind)
+        self._windows[time_key] = bound(w.start, self.time_kind), bound(w.end, self.time_kind)
+        return self._windows[time_key]
 
     def value(self, key: str) -> Any:
         """What the rows of partition `key` carry: the window's start, the static key, or both as a dict (the
