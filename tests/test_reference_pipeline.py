@@ -263,3 +263,35 @@ def test_revenue_by_region_and_events_hourly_follow_the_clean_events(january, mo
     assert hours == [f"{t:%Y-%m-%d-%H:%M}" for t in grid]  # 24 distinct hours a day
     expected = events.groupby(events.event_ts_utc.dt.floor("h")).size().reindex(grid, fill_value=0)
     assert hourly.set_index("event_hour").events.sort_index().to_dict() == expected.to_dict()
+
+
+def test_a_try_of_the_emea_brief_runs_emea_only_and_reports_the_refunds_it_subtracts(january, monkeypatch, capsys):
+    """`try` of backfills/emea-refunds-2025-01.yaml (scope.where region=emea) over January 22-28, on January built
+    by the legacy code: only EMEA's 7 partitions run, the report's before/after net revenue is what the test computes
+    from the clean events, and nothing consumers read moves."""
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(january))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    legacy = str(DEFINITIONS.parent / "product_analytics" / "legacy.py")
+    january_dates = ["--from", "2025-01-01", "--to", "2025-01-31"]
+    assert cli.main(["materialize", "-f", legacy, "--select", "key:revenue_by_region", *january_dates]) == 0
+    with duckdb.connect(str(january), read_only=True) as con:
+        before = con.execute("SELECT * FROM main.revenue_by_region ORDER BY ALL").fetchall()
+        purchases, refunds = con.execute(
+            "SELECT sum(amount_usd) FILTER (event_type = 'purchase'), sum(amount_usd) FILTER (event_type = 'refund') "
+            "FROM main.events_clean WHERE currency IN ('EUR', 'GBP') AND event_date BETWEEN ? AND ?",
+            ["2025-01-22", "2025-01-28"],
+        ).fetchone()
+    capsys.readouterr()
+    brief = str(DEFINITIONS.parent / "backfills" / "emea-refunds-2025-01.yaml")
+    trial = ["try", brief, "-f", str(DEFINITIONS), "--slice", "2025-01-22..2025-01-28", "--json"]
+    assert cli.main(trial) == 0
+    [tried] = json.loads(capsys.readouterr().out)["assets"]
+    assert (tried["asset"], tried["partitions"], tried["full_partitions"]) == ("revenue_by_region", 7, 31)
+    net = tried["metrics"]["net_revenue_usd"]
+    assert refunds > 0
+    assert (net["published"], net["branch"]) == (
+        pytest.approx(float(purchases)),
+        pytest.approx(float(purchases - refunds)),
+    )
+    with duckdb.connect(str(january), read_only=True) as con:
+        assert con.execute("SELECT * FROM main.revenue_by_region ORDER BY ALL").fetchall() == before
