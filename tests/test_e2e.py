@@ -202,6 +202,16 @@ def open_global_lineage(page: Page, url: str) -> None:
     page.get_by_role("button", name="panel_show_right", exact=True).click()  # the asset tree: the graph only
 
 
+def launch_dialog(page: Page, url: str, asset: str):
+    """The launch dialog of `asset`, opened by *Materialize…* on its page (a pop-over inside it, such as a
+    dimension's key list, is a dialog too: this is the one that names the asset)."""
+    page.goto(f"{url}/assets/{asset}")
+    page.get_by_role("button").filter(has_text=re.compile("^Materialize…$")).click()
+    dialog = page.get_by_role("dialog").filter(has_text=f"Launch runs to materialize {asset}")
+    expect(dialog).to_be_visible()
+    return dialog
+
+
 def choose_partitions(dialog, selection: str, expected: str | None = None) -> None:
     """Type a partition selection into the launch dialog, looking at all partitions, not the last 90 days.
     `expected`: the partition count the dialog then shows (it shows none for assets partitioned differently, e.g.
@@ -464,10 +474,7 @@ def test_5_a_broken_source_day_is_held_and_the_published_data_is_unchanged(dev, 
     finally:
         con.close()
 
-    page.goto(f"{dev.url}/assets/events_clean")
-    page.get_by_role("button").filter(has_text=re.compile("^Materialize…$")).click()
-    dialog = page.get_by_role("dialog")
-    expect(dialog).to_contain_text("Launch runs to materialize events_clean")
+    dialog = launch_dialog(page, dev.url, "events_clean")
     choose_partitions(dialog, BROKEN_DAY, "1 partition")
     dialog.get_by_role("button", name="Launch 1 run").click()
     run_id = launched_run(page, dev.url)
@@ -774,10 +781,7 @@ def test_8_the_brief_blast_radius_and_change_note_render_in_the_ui(dev, page, ar
 
 def test_9_one_day_of_the_hourly_table_publishes_its_24_hours(dev, page, artifacts):
     assert_idle(dev.url)
-    page.goto(f"{dev.url}/assets/events_hourly")
-    page.get_by_role("button").filter(has_text=re.compile("^Materialize…$")).click()
-    dialog = page.get_by_role("dialog")
-    expect(dialog).to_contain_text("Launch runs to materialize events_hourly")
+    dialog = launch_dialog(page, dev.url, "events_hourly")
     choose_partitions(dialog, f"[{HOURLY_DAY}-00:00...{HOURLY_DAY}-23:00]", "24 partitions")
     shot(page, artifacts, "09-hourly-launch")
     dialog.get_by_role("button", name="Launch backfill").click()
@@ -832,9 +836,7 @@ def test_10_a_january_backfill_of_one_region_changes_that_region_only(dev, page,
         con.close()
     assert len(before) == 90 * 3 and all(rest[1] == 0 for rest in before.values())  # version 1: refunds ignored
 
-    page.goto(f"{dev.url}/assets/revenue_by_region")
-    page.get_by_role("button").filter(has_text=re.compile("^Materialize…$")).click()
-    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize revenue_by_region")
+    dialog = launch_dialog(page, dev.url, "revenue_by_region")
     dates = dialog.get_by_role("textbox").first
     dates.fill(f"[{JANUARY[0]}...{JANUARY[1]}]")
     dates.press("Enter")
