@@ -34,8 +34,11 @@ def test_materialize_runs_daily_then_weekly_waits_for_missing_days_and_is_idempo
     assert materialize("--from", "2025-01-01", "--to", "2025-01-14") == cli.EXIT_OK
     out = capsys.readouterr().out
     daily = "raw_events, events_clean, revenue_daily, sessions, daily_active_users, funnel_daily"
-    assert f"[1/2] {daily}: 14 partitions 2025-01-01..2025-01-14 ..." in out
-    assert "[2/2] retention_cohorts, weekly_active_users: 1 partition 2025-01-06..2025-01-06 ..." in out
+    assert f"[1/6] {daily}: 14 partitions 2025-01-01..2025-01-14 ..." in out
+    assert "[2/6] events_hourly: 336 partitions 2025-01-01-00:00..2025-01-14-23:00 ..." in out  # 14 days x 24
+    assert "[3/6] retention_cohorts, weekly_active_users: 1 partition 2025-01-06..2025-01-06 ..." in out
+    for i, region in enumerate(["americas", "apac", "emea"], 4):  # Dagster runs a day x region range per region
+        assert f"[{i}/6] revenue_by_region: 14 partitions 2025-01-01|{region}..2025-01-14|{region} ..." in out
     # The plan also reaches January's month and the week of 13 January, whose other days are not published:
     assert "not run: monthly_revenue 2025-01-01 reads upstream partitions that are not published: " \
         "revenue_daily 2025-01-15..2025-01-31 (17 partitions)" in out  # fmt: skip
