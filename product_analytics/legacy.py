@@ -28,22 +28,7 @@ WHERE event_date >= $start AND event_date < $end AND event_type = 'purchase'
 GROUP BY 1, 2
 """
 
-LEGACY_REVENUE_BY_REGION_SQL = f"""
-WITH sales AS (
-    SELECT event_date, region, amount_usd FROM events_clean JOIN {tables.REGION_OF} USING (currency)
-    WHERE event_date >= $start AND event_date < $end AND event_type = 'purchase'
-)
-SELECT d::DATE AS revenue_date,
-       k.region,
-       count(amount_usd) AS purchases,
-       0::BIGINT AS refunds,
-       coalesce(sum(amount_usd), 0)::DECIMAL(18, 2) AS gross_revenue_usd,
-       0::DECIMAL(18, 2) AS refunds_usd,
-       coalesce(sum(amount_usd), 0)::DECIMAL(18, 2) AS net_revenue_usd
-FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d) CROSS JOIN unnest($keys::VARCHAR[]) k(region)
-LEFT JOIN sales s ON s.event_date = d::DATE AND s.region = k.region
-GROUP BY 1, 2
-"""
+LEGACY_REVENUE_BY_REGION_SQL = tables.revenue_by_region_sql(counted=("purchase",))  # refunds not read
 
 legacy_revenue_daily_spec = dataclasses.replace(
     tables.revenue_daily_spec,

@@ -527,12 +527,15 @@ monthly_revenue_spec = bfa.TableSpec(
 
 # --- revenue_by_region ---------------------------------------------------------------------
 
+
 # One partition per day and region: a backfill can be scoped to a region (`--where region=emea`). Every day
 # and region has a row, zeros when nothing was sold there (APAC has days without a purchase).
-REVENUE_BY_REGION_SQL = f"""
+def revenue_by_region_sql(counted: tuple[str, ...] = ("purchase", "refund")) -> str:
+    """The transform of revenue_by_region over the `counted` event types (version 1 counted purchases only)."""
+    return f"""
 WITH sales AS (
     SELECT event_date, region, event_type, amount_usd FROM events_clean JOIN {REGION_OF} USING (currency)
-    WHERE event_date >= $start AND event_date < $end AND event_type IN ('purchase', 'refund')
+    WHERE event_date >= $start AND event_date < $end AND event_type IN ({", ".join(f"'{t}'" for t in counted)})
 )
 SELECT d::DATE AS revenue_date,
        k.region,
@@ -545,6 +548,7 @@ FROM range($start::DATE, $end::DATE, INTERVAL 1 DAY) r(d) CROSS JOIN unnest($key
 LEFT JOIN sales s ON s.event_date = d::DATE AND s.region = k.region
 GROUP BY 1, 2
 """
+
 
 revenue_by_region_spec = bfa.TableSpec(
     name="revenue_by_region",
@@ -669,7 +673,7 @@ def build_assets() -> list:
         retention_cohorts_spec, RETENTION_SQL, deps=[dg.AssetDep(clean, partition_mapping=cohort_window)]
     )
     monthly_rev = bfa.derived_asset(monthly_revenue_spec, MONTHLY_REVENUE_SQL, deps=[revenue])
-    by_region = bfa.derived_asset(revenue_by_region_spec, REVENUE_BY_REGION_SQL, deps=[clean])
+    by_region = bfa.derived_asset(revenue_by_region_spec, revenue_by_region_sql(), deps=[clean])
     hourly_events = bfa.derived_asset(events_hourly_spec, EVENTS_HOURLY_SQL, deps=[clean])  # an hour reads its day
     tables = [raw, clean, sessions, dau, funnel, revenue, wau, retention, monthly_rev, by_region, hourly_events]
     return [*tables, *bfa.consumer_specs(SPECS)]
