@@ -158,7 +158,7 @@ def undo_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | None, 
             "roll those back first"
         )
     targets = {asset: rollback_targets(con, asset, sorted(parts)) for asset, parts in changed.items()}
-    with catalog.transaction(con):
+    with catalog.transaction(con, checkpoint=True):
         wh.repoint_in(
             con, targets, "rollback", "rolled_back", set(targets),
             reason=reason or f"undo branch {branch}", actor=actor, params={"branch": branch},

@@ -413,7 +413,7 @@ def decide(
     partition -> :class:`planning.Need`)."""
     at = catalog.now()
     new = list(cand.versions.values())
-    with transaction(con):
+    with transaction(con, checkpoint=outcome == "publish"):
         if branch is not None:
             heads = catalog.branch_heads(con, branch).get(cand.asset, {})
             replaced = [heads[k][0] for k in cand.versions if k in heads]
@@ -494,7 +494,7 @@ def repoint(
     """Publish existing versions (asset -> partition -> version) in one transaction, e.g. a rollback or an
     approval; the versions they replace get the status `displaced`. One ledger entry per asset. `step_back`:
     the assets whose targets are each partition's state before its last change (a plain rollback)."""
-    with transaction(con):
+    with transaction(con, checkpoint=True):
         repoint_in(con, targets, action, displaced, step_back, **ledger)
 
 
@@ -551,7 +551,7 @@ def publish_branch(con: duckdb.DuckDBPyConnection, branch: str, actor: str | Non
     changed after the approval), has a held or unfinished version, or when a partition was published by something
     else after the branch staged it; the message names every problem and the way out.
     Returns asset -> partition -> version published."""
-    with transaction(con):
+    with transaction(con, checkpoint=True):
         info = _open(con, branch)
         heads = catalog.branch_heads(con, branch)
         if not heads:

@@ -1,6 +1,7 @@
 """Write-audit-publish on a small table, straight through the library (no Dagster run)."""
 
 import datetime as dt
+import os
 import re
 from decimal import Decimal
 
@@ -522,7 +523,8 @@ def test_a_catalog_from_before_the_pointer_history_is_brought_up_to_date(tmp_pat
         versions[gen] = wap(con, spec, GOOD_SQL.replace("(i + 1)", f"(i + {gen})"), day, run_id=f"g{gen}")
     history.rollback(con, {"orders": {"2025-01-02": versions[2].partitions["2025-01-02"][0]}}, "bad g3", "me")
     versions[4] = wap(con, spec, GOOD_SQL.replace("(i + 1)", "(i + 4)"), day, run_id="g4")
-    # The previous release's layout: the same rows, without what this one added.
+    ledger = con.execute("SELECT * FROM bfa.ledger ORDER BY entry_id").fetchall()
+    # The previous release's layout: the same rows, without what this one added (the ledger compressed).
     for table, columns in (
         ("versions", "version, asset, partition_key, run_id, code_version, status, row_count, content_hash, "
                      "created_at, decided_at, metrics"),
@@ -540,6 +542,10 @@ def test_a_catalog_from_before_the_pointer_history_is_brought_up_to_date(tmp_pat
     con.close()
 
     con = wh.connect(path)
+    assert con.execute("SELECT * FROM bfa.ledger ORDER BY entry_id").fetchall() == ledger
+    con.execute("CHECKPOINT")  # rows not yet checkpointed are uncompressed anyway
+    compression = "SELECT DISTINCT compression FROM pragma_storage_info('bfa.ledger') WHERE column_name = 'metrics'"
+    assert con.execute(compression + " AND segment_type <> 'VALIDITY'").fetchall() == [("Uncompressed",)]
     moves = con.execute("SELECT action, to_version FROM bfa.pointer_history ORDER BY change_id").fetchall()
     assert moves == [("publish", v[1]), ("publish", v[2]), ("publish", v[3]), ("rollback", v[2]), ("publish", v[4])]
     assert history.rollback_targets(con, "orders", day) == {"2025-01-02": v[2]}  # g2, not the rolled-back g3
@@ -613,3 +619,27 @@ def test_the_consumers_view_shows_exactly_the_published_versions_however_scatter
     monkeypatch.setattr(wh, "_MAX_RANGES", 64)  # the rows the next publish changes found by ranges of ids
     run([days[0]], 4)
     assert view_rows() == {day: Decimal(gen) for day, gen in model.items()}
+
+
+def test_a_change_of_what_consumers_read_is_written_into_the_file_at_once(tmp_path):
+    """A publish, a rollback and a branch publish leave nothing in DuckDB's write-ahead log: the flags and rows
+    they change are in the file's storage, which scans read at full speed (see catalog.settle). A held run
+    changes nothing consumers read and leaves its bookkeeping in the log, so the probe sees a log when there is
+    one."""
+    db = str(tmp_path / "w.duckdb")
+
+    def log_bytes():
+        return os.path.getsize(db + ".wal") if os.path.exists(db + ".wal") else 0
+
+    with wh.connect(db) as c:
+        assert wap(c, make_spec(), GOOD_SQL).published and log_bytes() == 0
+        bad = GOOD_SQL.replace("(i + 1)", "(i - 9)")
+        assert wap(c, make_spec(), bad, run_id="r2").outcome == "hold" and log_bytes() > 0
+        assert wap(c, make_spec(), GOOD_SQL.replace("(i + 1)", "(i + 2)"), run_id="r3").published
+        assert log_bytes() == 0
+        history.rollback(c, {"orders": history.rollback_targets(c, "orders", JAN_1_3)}, "back", "me")
+        assert log_bytes() == 0 and c.execute("SELECT min(amount) FROM orders").fetchone() == (1,)
+        fix = GOOD_SQL.replace("(i + 1)", "(i + 5)")
+        assert wap(c, make_spec(), fix, run_id="r4", branch="fix").outcome == "branch" and log_bytes() > 0
+        wh.publish_branch(c, "fix", "ana", None)
+        assert log_bytes() == 0 and c.execute("SELECT min(amount) FROM orders").fetchone() == (5,)
