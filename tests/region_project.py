@@ -1,5 +1,6 @@
 """A small project of a user's own for tests/test_partition_schemes*.py: orders by day x region (static
-regions), each region's total, and clicks per hour. The generation the transform writes is read from the file named by
+regions), each region's total, clicks per hour, and visits by New York's days.
+The generation the transform writes is read from the file named by
 $REGION_PROJECT_GENERATION when a run starts (1 without it), so a test can change what a backfill produces."""
 
 import os
@@ -52,8 +53,28 @@ clicks_hourly = bfa.derived_asset(
     "FROM range($start::TIMESTAMPTZ, $end::TIMESTAMPTZ, INTERVAL 1 HOUR) r(h), range(2) t(i)",
     params=generation,
 )
+# Visits by day in New York (clocks go forward on 2025-03-09, a day of 23 hours): one every 5 hours from
+# 2025-03-01 00:00 UTC, n = generation * 100 + the visit's number. `day` is the instant the visit's local day
+# starts; a run keeps the visits of its days.
+VISITS = bfa.TableSpec(
+    name="visits_ny", partitions=dg.DailyPartitionsDefinition("2025-03-01", end_date="2025-03-16",
+    timezone="America/New_York"), partition_column="day", grain=["id"],
+    columns={"day": bfa.Column("TIMESTAMPTZ", nullable=False), "id": bfa.Column("VARCHAR", nullable=False),
+             "ts": bfa.Column("TIMESTAMPTZ", nullable=False), "n": bfa.Column("BIGINT")},
+    code_version="1", metrics={"n": "sum(n)"}, max_row_change=1.0,
+)  # fmt: skip
+visits_ny = bfa.derived_asset(
+    VISITS,
+    """
+    SELECT timezone('America/New_York', date_trunc('day', timezone('America/New_York', ts))) AS day,
+           i::VARCHAR AS id, ts, $gen * 100 + i AS n
+    FROM (SELECT TIMESTAMPTZ '2025-03-01 00:00:00+00' + i * INTERVAL 5 HOUR AS ts, i FROM range(80) t(i))
+    WHERE ts >= $start AND ts < $end
+    """,
+    params=generation,
+)
 defs = dg.Definitions(
-    assets=[orders, region_totals, clicks_hourly, *bfa.consumer_specs([ORDERS, REGION_TOTALS])],
+    assets=[orders, region_totals, clicks_hourly, visits_ny, *bfa.consumer_specs([ORDERS, REGION_TOTALS])],
     resources={"warehouse": bfa.Warehouse()},
     executor=dg.in_process_executor,
 )

@@ -422,3 +422,58 @@ def test_an_hourly_table_through_the_cli_plans_publishes_diffs_and_rolls_back_an
     assert [(p["partition"], p["before"], p["after"]) for p in metric["partitions"]] == [
         ("2025-01-02-06:00", str(expected[5]), str(expected[6]))
     ]
+
+
+def test_a_new_york_daily_table_through_the_cli_keeps_local_days_and_rolls_back_a_day(tmp_path, monkeypatch, capsys):
+    """visits_ny, daily in America/New_York, over the weekend its clocks went forward (2025-03-08..10): plan and
+    materialize say 3 partitions in one run, and each visit is in its local day by zoneinfo (the partition
+    column holds the instant the day starts, so the windows the scheme binds must be New York's). Generation 2, staged
+    in a branch: its notes give the days' total before and after, then it publishes; the 9th rolled back alone
+    reads generation 1 again; diff of the 10th compares its two generations. Expected values: the test's own
+    model of the project's visits (one every 5 hours from 2025-03-01 00:00 UTC, n = generation * 100 + i)."""
+    db = tmp_path / "w.duckdb"
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(db))
+    monkeypatch.setenv("REGION_PROJECT_GENERATION", str(tmp_path / "generation"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    new_york, days = (
+        ZoneInfo("America/New_York"),
+        ["--select", "visits_ny", "--from", "2025-03-08", "--to", "2025-03-10"],
+    )
+    visits = [(i, dt.datetime(2025, 3, 1, tzinfo=dt.UTC) + dt.timedelta(hours=5 * i)) for i in range(80)]
+    local_day = {i: at.astimezone(new_york).date() for i, at in visits}
+    kept = [(i, at) for i, at in visits if dt.date(2025, 3, 8) <= local_day[i] <= dt.date(2025, 3, 10)]
+
+    def total(gen, day=None):
+        return sum(gen * 100 + i for i, _ in kept if day is None or local_day[i] == day)
+
+    def cli_json(*args):
+        assert cli.main([*args, "-f", REGION_PROJECT, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    def read():
+        with duckdb.connect(str(db), read_only=True) as con:
+            return con.execute("SELECT day, ts, n FROM main.visits_ny ORDER BY ts").fetchall()
+
+    [planned] = cli_json("plan", *days)["assets"]
+    assert (planned["partitions"], planned["partition_count"]) == (["2025-03-08..2025-03-10"], 3)
+    assert [r["partitions"] for r in cli_json("materialize", *days)["runs"]] == [3]
+    starts = {d: dt.datetime.combine(d, dt.time(), new_york) for d in set(local_day.values())}
+    assert [(d, at, n) for d, at, n in read()] == [(starts[local_day[i]], at, 100 + i) for i, at in kept]
+    assert starts[dt.date(2025, 3, 10)].astimezone(dt.UTC) - starts[dt.date(2025, 3, 9)] == dt.timedelta(hours=23)
+
+    (tmp_path / "generation").write_text("2")
+    assert cli.main(["materialize", *days, "-f", REGION_PROJECT, "--branch", "fix"]) == 0
+    capsys.readouterr()
+    assert cli.main(["notes", "--branch", "fix", "-f", REGION_PROJECT, "--format", "json", "--out", str(tmp_path)]) == 0
+    note = json.loads(capsys.readouterr().out)
+    [n] = [m for m in note["metrics"] if (m["asset"], m["metric"]) == ("visits_ny", "n")]
+    assert (Decimal(str(n["before"])), Decimal(str(n["after"]))) == (total(1), total(2))
+    assert cli.main(["branch", "publish", "fix", "-f", REGION_PROJECT, "--by", "ana"]) == 0
+    assert cli.main(["rollback", "visits_ny", "-f", REGION_PROJECT, "--partition", "2025-03-09"]) == 0
+    capsys.readouterr()
+    gen = {dt.date(2025, 3, 8): 2, dt.date(2025, 3, 9): 1, dt.date(2025, 3, 10): 2}
+    assert [(d, n) for d, _, n in read()] == [(starts[local_day[i]], gen[local_day[i]] * 100 + i) for i, _ in kept]
+    [metric] = cli_json("diff", "visits_ny", "--partition", "2025-03-10")["metrics"]  # previous -> published
+    assert [(p["partition"], p["before"], p["after"]) for p in metric["partitions"]] == [
+        ("2025-03-10", str(total(1, dt.date(2025, 3, 10))), str(total(2, dt.date(2025, 3, 10))))
+    ]

@@ -2,9 +2,11 @@
 backfills launched through Dagster's backfill API (what the UI's launch dialog calls), the runs Dagster makes
 of them, what consumers read after each, and a static partition rolled back alone with the CLI. Expected
 values come from the project's formula (amount = generation * 10 + i, three rows per day and region) and hashes
-are computed in SQL over the consumers' views."""
+are computed in SQL over the consumers' views. Last, a daily table in New York's days, launched the same way."""
 
+import datetime as dt
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import dagster_helpers as helpers
 import duckdb
@@ -83,3 +85,14 @@ def test_a_january_backfill_of_eu_changes_eu_only_in_one_run_and_a_region_rolls_
             (r, 31 * per_day(1)) for r in REGIONS
         ]
         assert day_region_hashes(dev.db) == after  # orders untouched
+
+        # a daily table in New York's days, over the weekend its clocks went forward: each visit in its local
+        # day by zoneinfo (the project's visits: one every 5 hours from 2025-03-01 00:00 UTC, n = 200 + i)
+        new_york, days = ZoneInfo("America/New_York"), ["2025-03-08", "2025-03-09", "2025-03-10"]
+        assert len(backfill(dev.url, "visits_ny", days)) == 1
+        visits = [(dt.datetime(2025, 3, 1, tzinfo=dt.UTC) + dt.timedelta(hours=5 * i), 200 + i) for i in range(80)]
+        kept = [(at, n) for at, n in visits if at.astimezone(new_york).date().isoformat() in days]
+        rows = read(dev.db, "SELECT day, ts, n FROM main.visits_ny ORDER BY ts")
+        assert [(d.astimezone(new_york).date(), d.astimezone(new_york).time(), at, n) for d, at, n in rows] == [
+            (at.astimezone(new_york).date(), dt.time(), at, n) for at, n in kept
+        ]
