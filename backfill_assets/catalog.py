@@ -762,9 +762,11 @@ def runs_of(con: duckdb.DuckDBPyConnection, versions: Sequence[int]) -> dict[int
     return dict(rows)
 
 
-def version_rows(con: duckdb.DuckDBPyConnection, asset: str, partition: str | None = None) -> list[dict[str, Any]]:
-    """Every version of each partition of `asset` (strays left out), newest first, with its run's checks
-    (name -> passed) and the late inputs of a provisional version."""
+def version_rows(
+    con: duckdb.DuckDBPyConnection, asset: str, partitions: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every version of each partition of `asset` (or of `partitions`; strays left out), newest first, with its
+    run's checks (name -> passed) and the late inputs of a provisional version."""
     cur = con.execute(
         """
         SELECT v.partition_key AS partition, v.version, v.status, v.run_id, v.code_version, v.row_count AS rows,
@@ -772,10 +774,10 @@ def version_rows(con: duckdb.DuckDBPyConnection, asset: str, partition: str | No
         FROM bfa.versions v
         LEFT JOIN bfa.ledger l
           ON l.asset = v.asset AND l.run_id = v.run_id AND l.action IN ('publish', 'hold', 'candidate')
-        WHERE v.asset = ? AND v.partition_key <> ? AND (? IS NULL OR v.partition_key = ?)
+        WHERE v.asset = ? AND v.partition_key <> ? AND (?::VARCHAR[] IS NULL OR list_contains(?, v.partition_key))
         ORDER BY v.partition_key, v.version DESC
         """,
-        [asset, OUTSIDE_WINDOW, partition, partition],
+        [asset, OUTSIDE_WINDOW, partitions, partitions],
     )
     cols = [d[0] for d in cur.description]
     out = []

@@ -598,11 +598,10 @@ def _write_warehouse(defs: dg.Definitions):
 def cmd_history(args: argparse.Namespace) -> int:
     defs = load_definitions(args)
     node = _table_asset(defs, args.asset)
-    if args.partition and args.partition not in planning.partition_index(node.partitions_def).positions:
-        raise UsageError(f"{args.asset} has no partition {args.partition}")
+    keys = _partition_keys(defs.resolve_asset_graph(), node, args, required=False)
     con = _read_warehouse(defs, required=True)
     try:
-        rows = history.versions(con, args.asset, args.partition)
+        rows = history.versions(con, args.asset, keys)
     finally:
         con.close()
     print(json.dumps(rows, indent=2, default=str) if args.json else history.render_versions(args.asset, rows))
@@ -981,22 +980,21 @@ def build_parser() -> argparse.ArgumentParser:
     sta.add_argument("--json", action="store_true", help="print Dagster's answer as JSON")
     sta.set_defaults(func=cmd_status)
 
-    def table_command(name: str, help_: str, func, ranges: bool = True) -> argparse.ArgumentParser:
+    def table_command(name: str, help_: str, func) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_, description=help_)
         cmd.add_argument("asset", help="the derived table, e.g. revenue_daily")
         _add_target(cmd)
-        if ranges:
-            cmd.add_argument("--partition", action="append", help="a partition key (repeatable)")
-            cmd.add_argument("--from", dest="start", type=_date, help="first date of a range")
-            cmd.add_argument("--to", dest="end", type=_date, help="last date of a range (inclusive)")
-            cmd.add_argument("--where", action="append", help="static partitions, NAME=KEY[,KEY] (repeatable)")
+        cmd.add_argument("--partition", action="append", help="a partition key (repeatable)")
+        cmd.add_argument("--from", dest="start", type=_date, help="first date of a range")
+        cmd.add_argument("--to", dest="end", type=_date, help="last date of a range (inclusive)")
+        cmd.add_argument("--where", action="append", help="static partitions, NAME=KEY[,KEY] (repeatable)")
         cmd.set_defaults(func=func)
         return cmd
 
     his = table_command(
-        "history", "every version of each partition: status, run, code version, rows, checks", cmd_history, ranges=False
-    )
-    his.add_argument("--partition", help="one partition key")
+        "history", "every version of each partition (or of those given): status, run, code version, rows, checks",
+        cmd_history,
+    )  # fmt: skip
     his.add_argument("--json", action="store_true", help="print JSON")
     rol = table_command(
         "rollback", "publish the previous (or a given) version of partitions again, atomically", cmd_rollback

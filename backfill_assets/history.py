@@ -24,9 +24,12 @@ class HistoryError(ValueError):
     """A request the history cannot honour; the message names the asset, partition and version."""
 
 
-def versions(con: duckdb.DuckDBPyConnection, asset: str, partition: str | None = None) -> list[dict[str, Any]]:
-    """Every version of each partition of `asset`, newest first, with the checks of the run that made it."""
-    return catalog.version_rows(con, asset, partition)
+def versions(
+    con: duckdb.DuckDBPyConnection, asset: str, partitions: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every version of each partition of `asset` (or of `partitions`), newest first, with the checks of the run
+    that made it."""
+    return catalog.version_rows(con, asset, partitions)
 
 
 def render_versions(asset: str, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -34,15 +37,16 @@ def render_versions(asset: str, rows: Sequence[Mapping[str, Any]]) -> str:
         return f"{asset}: no versions recorded"
     checks = [" ".join(f"{n}{'+' if ok else '!'}" for n, ok in r["checks"].items()) or "-" for r in rows]
     width = max(len("checks"), *map(len, checks))
+    key_width = max(len("partition"), *(len(r["partition"]) for r in rows))
     lines = [
-        f"{'partition':<11} {'version':>7}  {'status':<11} {'rows':>8}  {'code':<5} {'checks':<{width}} "
+        f"{'partition':<{key_width}} {'version':>7}  {'status':<11} {'rows':>8}  {'code':<5} {'checks':<{width}} "
         f"{'run':<8}  status since (UTC)"
     ]
     for r, passed in zip(rows, checks, strict=True):
         when = (r["decided_at"] or r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
         status = r["status"] + ("*" if r.get("missing_inputs") else "")
         lines.append(
-            f"{r['partition']:<11} {r['version']:>7}  {status:<11} {r['rows'] or 0:>8}  "
+            f"{r['partition']:<{key_width}} {r['version']:>7}  {status:<11} {r['rows'] or 0:>8}  "
             f"{r['code_version'] or '-':<5} {passed:<{width}} {(r['run_id'] or '-')[:8]:<8}  {when}"
         )
     lines.append("checks: + passed, ! failed")

@@ -379,6 +379,27 @@ def test_diff_of_a_region_after_its_backfill_names_each_day_and_region(tmp_path,
     assert (got["diff"]["matched"], got["diff"]["column_match_rates"]["amount"]) == (9, 0.0)
 
 
+def test_history_of_a_region_lists_that_region_s_versions_only(tmp_path, monkeypatch, capsys):
+    """`history orders --where region=eu` over two days, after eu and us were loaded and eu backfilled again:
+    each eu day has its two versions, newest first (published, then superseded); us and the third day are not
+    listed; a bad scope is refused in one line."""
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(tmp_path / "w.duckdb"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    three = ["--from", "2025-01-01", "--to", "2025-01-03"]
+    for where in ("region=eu,us", "region=eu"):
+        assert cli.main(["materialize", "-f", REGION_PROJECT, "--select", "orders", *three, "--where", where]) == 0
+    capsys.readouterr()
+    two = ["--from", "2025-01-01", "--to", "2025-01-02"]
+    assert cli.main(["history", "orders", "-f", REGION_PROJECT, *two, "--where", "region=eu", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["partition"], r["status"]) for r in rows] == [
+        (f"2025-01-0{d}|eu", status) for d in (1, 2) for status in ("published", "superseded")
+    ]
+    assert rows[0]["version"] > rows[1]["version"]
+    assert cli.main(["history", "orders", "-f", REGION_PROJECT, "--where", "region=mars"]) == cli.EXIT_USAGE
+    assert "no partition mars" in capsys.readouterr().err
+
+
 def test_dynamic_partitions_are_keyed_like_static_ones(con):
     """A dynamic definition (tenants added at run time): its keys are the column's values, as static ones."""
     spec = region_spec(name="by_tenant", partitions=dg.DynamicPartitionsDefinition(name="tenants"),
