@@ -134,7 +134,8 @@ _LEDGER_FIELDS = ("code_version", "partition_keys", "versions", "row_count", "ch
 
 # An upstream's control totals for Reconcile rules: `metric_name` of each published partition of `asset_name`
 # in [window_start, window_end), as recorded when its version was audited (no rescan of its rows). An empty
-# partition counts as no value; a value never recorded, or a partition key that is not a date, is an error.
+# partition counts as no value; a value never recorded, or a partition key that is not a date, is an error
+# (a key is a date only when it is nothing else: DuckDB 1.5 casts '2025-01-01|eu' to a date).
 # It reads the pointer through the view `_bfa_pointer`, which a run in a branch shadows on its own connection
 # with a temp view of the branch's pointer (see warehouse.branch_overlay): its rules then read the branch.
 POINTER_VIEW = "_bfa_pointer"
@@ -150,7 +151,8 @@ SELECT p.partition_date,
                 'published before it did. Republish that partition of {{}}.',
                 asset_name, p.partition_key, metric_name, asset_name, asset_name))
             ELSE (v.metrics ->> metric_name)::DOUBLE END AS value
-FROM (SELECT *, try_cast(partition_key AS DATE) AS partition_date FROM {POINTER_VIEW}) p
+FROM (SELECT *, CASE WHEN regexp_full_match(partition_key, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}')
+             THEN try_cast(partition_key AS DATE) END AS partition_date FROM {POINTER_VIEW}) p
 JOIN bfa.versions v USING (version)
 WHERE p.asset = asset_name
   AND (p.partition_date IS NULL OR p.partition_date >= window_start AND p.partition_date < window_end)
@@ -247,12 +249,15 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     for (asset,) in con.execute(_WITHOUT_FLAG, [PUBLISHED_COLUMN]).fetchall() if old else ():
         with transaction(con):  # rows say whether consumers read them (the view's old form still works)
             table = f"bfa.{quote_ident(asset)}"
-            con.execute(f"ALTER TABLE {table} ADD COLUMN {PUBLISHED_COLUMN} BOOLEAN NOT NULL DEFAULT false")
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {PUBLISHED_COLUMN} BOOLEAN DEFAULT false")
             con.execute(
                 f"UPDATE {table} SET {PUBLISHED_COLUMN} = true WHERE {VERSION_COLUMN} IN "
                 "(SELECT version FROM bfa.published WHERE asset = ?)",
                 [asset],
             )
+    for (asset,) in con.execute(_NULLABLE_FLAG, [PUBLISHED_COLUMN]).fetchall() if old else ():
+        # apart: DuckDB 1.5 neither adds a column with a constraint nor sets one in the transaction that added it
+        con.execute(f"ALTER TABLE bfa.{quote_ident(asset)} ALTER COLUMN {PUBLISHED_COLUMN} SET NOT NULL")
     if old and con.execute(
         "SELECT 1 FROM duckdb_views() WHERE database_name = current_database() AND schema_name = 'main' "
         "AND view_name = '_bfa_source'"
@@ -265,6 +270,10 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
 _WITHOUT_FLAG = """
 SELECT table_name FROM duckdb_tables() WHERE schema_name = 'bfa' AND table_name IN (SELECT asset FROM bfa.versions)
 EXCEPT SELECT table_name FROM duckdb_columns() WHERE schema_name = 'bfa' AND column_name = ?
+"""
+_NULLABLE_FLAG = """
+SELECT table_name FROM duckdb_columns() WHERE schema_name = 'bfa' AND column_name = ? AND is_nullable
+AND table_name IN (SELECT asset FROM bfa.versions)
 """
 
 
@@ -434,9 +443,9 @@ def record_stats(
 ) -> None:
     """Rows, content hash, metric values and columns of newly staged versions."""
     con.execute(
-        "UPDATE bfa.versions v SET row_count = s.n, content_hash = s.h, metrics = s.m, columns = ? FROM (SELECT "
-        "unnest(?::BIGINT[]) AS version, unnest(?::BIGINT[]) AS n, unnest(?::VARCHAR[]) AS h, "
-        "unnest(?::JSON[]) AS m) s WHERE v.version = s.version",
+        "UPDATE bfa.versions v SET row_count = s.n, content_hash = s.h, metrics = s.m, columns = $1 FROM (SELECT "
+        "unnest($2::BIGINT[]) AS version, unnest($3::BIGINT[]) AS n, unnest($4::VARCHAR[]) AS h, "
+        "unnest($5::JSON[]) AS m) s WHERE v.version = s.version",  # numbered: DuckDB 1.5 binds FROM's ? first
         [
             list(columns),
             list(stats),
@@ -1036,7 +1045,7 @@ def branch_published(con: duckdb.DuckDBPyConnection, branch: str) -> dict[str, d
         "SELECT v.asset, v.partition_key, v.version, p.version IS NOT NULL FROM bfa.versions v "
         "LEFT JOIN bfa.published p ON p.version = v.version "
         "WHERE v.branch = ? AND v.version IN (SELECT to_version FROM bfa.pointer_history h JOIN bfa.ledger l "
-        "USING (entry_id) WHERE l.action = 'publish' AND l.params ->> 'branch' = ?)",
+        "USING (entry_id) WHERE l.action = 'publish' AND (l.params ->> 'branch') = ?)",
         [branch, branch],
     ).fetchall()
     out: dict[str, dict[str, tuple[int, bool]]] = {}
@@ -1060,8 +1069,8 @@ def stage_in_branch(con: duckdb.DuckDBPyConnection, asset: str, versions: Mappin
     published = {k: v for k, (v, _, _) in published_partitions(con, asset).items()}
     keys = list(versions)
     con.execute(
-        "UPDATE bfa.versions SET branch = ?, base_version = b.base FROM (SELECT unnest(?::BIGINT[]) AS version, "
-        "unnest(?::BIGINT[]) AS base) b WHERE bfa.versions.version = b.version",
+        "UPDATE bfa.versions SET branch = $1, base_version = b.base FROM (SELECT unnest($2::BIGINT[]) AS version, "
+        "unnest($3::BIGINT[]) AS base) b WHERE bfa.versions.version = b.version",  # numbered: see record_stats
         [branch, [versions[k] for k in keys], [published.get(k) for k in keys]],
     )
 

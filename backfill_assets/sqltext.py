@@ -13,7 +13,8 @@ _WORD = (duckdb.token_type.identifier, duckdb.token_type.keyword)
 
 def statement(sql: str, where: str = "SQL") -> str:
     """`sql` as one statement that can be wrapped in a subquery: trailing comments and a final ``;`` removed;
-    a ValueError naming `where` when it holds several statements or none."""
+    a ValueError naming `where` when it holds several statements or none. DuckDB 1.5's tokenizer reports no
+    comments, so a line comment may stay at the end; it then ends with a newline, so the subquery still closes."""
     tokens = duckdb.tokenize(sql)
     cut = len(sql)
     while tokens and (tokens[-1][1] == duckdb.token_type.comment or sql[tokens[-1][0]] == ";"):
@@ -22,7 +23,8 @@ def statement(sql: str, where: str = "SQL") -> str:
         raise ValueError(f"{where} is empty")
     if any(kind == duckdb.token_type.operator and sql[pos] == ";" for pos, kind in tokens):
         raise ValueError(f"{where} must be one SQL statement; it has several separated by ';'")
-    return sql[:cut].rstrip()
+    text = sql[:cut].rstrip()
+    return text + "\n" if "--" in text[tokens[-1][0] :] else text
 
 
 def parameters(sql: str) -> set[str]:

@@ -554,6 +554,8 @@ def test_a_catalog_from_before_the_pointer_history_is_brought_up_to_date(tmp_pat
         con.execute("INSERT INTO bfa.published SELECT * FROM bfa.published")
     # rows say whether consumers read them: the pointer's version's rows, and the next publish goes by that
     assert con.execute("SELECT DISTINCT _bfa_version FROM bfa.orders WHERE _bfa_published").fetchall() == [(v[4],)]
+    flag = "SELECT is_nullable FROM duckdb_columns() WHERE table_name = 'orders' AND column_name = '_bfa_published'"
+    assert con.execute(flag).fetchall() == [(False,)]
     history.rollback(con, {"orders": {"2025-01-02": v[2]}}, "back to g2", "me")
     assert sorted(con.execute("SELECT amount FROM main.orders").fetchall()) == [(Decimal(n),) for n in (2, 3, 4)]
     con.close()
