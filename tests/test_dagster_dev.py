@@ -246,7 +246,7 @@ def test_the_refunds_fix_in_a_branch_with_a_failing_month_changes_nothing_until_
     with duckdb.connect(str(dagster_dev.db), read_only=True) as con:
         moves = con.execute(
             "SELECT l.asset, h.changed_at, count(*) FROM bfa.ledger l JOIN bfa.pointer_history h USING (entry_id) "
-            "WHERE l.action = 'publish' AND l.params ->> 'branch' = 'refunds-q1' GROUP BY ALL"
+            "WHERE l.action = 'publish' AND (l.params ->> 'branch') = 'refunds-q1' GROUP BY ALL"
         ).fetchall()
     assert sorted((a, n) for a, _, n in moves) == [("monthly_revenue", 3), ("revenue_daily", 90)]
     assert len({at for _, at, _ in moves}) == 1  # one pointer change: one timestamp for both tables
