@@ -32,7 +32,7 @@ from .spec import quote_ident
 OUTSIDE_WINDOW = "<outside window>"  # the partition key of a run's stray rows (outside its partitions)
 
 _VERSIONS = """CREATE TABLE IF NOT EXISTS bfa.{name} (
-    version BIGINT PRIMARY KEY,
+    version BIGINT NOT NULL,        -- ids come from bfa.version_seq (no key: see _DDL)
     asset VARCHAR NOT NULL,
     partition_key VARCHAR NOT NULL,
     run_id VARCHAR,
@@ -67,12 +67,26 @@ CREATE TABLE IF NOT EXISTS bfa.branches (
 );
 """
 
+_POINTER_HISTORY = """
+CREATE TABLE IF NOT EXISTS bfa.{name} (
+    change_id BIGINT NOT NULL,      -- from bfa.pointer_seq
+    asset VARCHAR NOT NULL,
+    partition_key VARCHAR NOT NULL,
+    from_version BIGINT,            -- NULL: the partition's first publish
+    to_version BIGINT NOT NULL,
+    action VARCHAR NOT NULL,        -- the ledger action that moved it: publish, approve, cutover, rollback
+    entry_id BIGINT NOT NULL,       -- that ledger entry
+    undo_change BIGINT,             -- the change whose to_version a rollback from here restores; NULL: none
+    changed_at TIMESTAMP NOT NULL
+);
+"""
+
 # The ledger's lists and documents are stored uncompressed: every publish appends an entry, and DuckDB's
 # checkpoint rewrites the row group it appends to, compressing it anew (see settle). At 100,000 partitions
 # that checkpoint took 64 ms compressed and 31 ms uncompressed (benchmarks/partition_bench.py).
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS bfa.{name} (
-    entry_id BIGINT PRIMARY KEY,
+    entry_id BIGINT NOT NULL,       -- from bfa.ledger_seq
     recorded_at TIMESTAMP NOT NULL,
     asset VARCHAR NOT NULL,
     action VARCHAR NOT NULL,        -- publish | hold | candidate | approve | rollback | cutover | ...
@@ -89,6 +103,9 @@ CREATE TABLE IF NOT EXISTS bfa.{name} (
 );
 """
 
+# Ids come from sequences, so they are unique by construction; the one key is the pointer's, one version per
+# partition. A key on the append-only tables would only cost: DuckDB 1.5 writes a changed table's whole index
+# at each checkpoint, and the key on bfa.versions made that 0.2 s of every publish at 100,000 partitions.
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS bfa;
 CREATE SEQUENCE IF NOT EXISTS bfa.version_seq START 1;
@@ -101,18 +118,7 @@ CREATE SEQUENCE IF NOT EXISTS bfa.pointer_seq START 1;
     published_at TIMESTAMP NOT NULL,
     PRIMARY KEY (asset, partition_key)
 );
-CREATE TABLE IF NOT EXISTS bfa.pointer_history (
-    change_id BIGINT PRIMARY KEY,
-    asset VARCHAR NOT NULL,
-    partition_key VARCHAR NOT NULL,
-    from_version BIGINT,            -- NULL: the partition's first publish
-    to_version BIGINT NOT NULL,
-    action VARCHAR NOT NULL,        -- the ledger action that moved it: publish, approve, cutover, rollback
-    entry_id BIGINT NOT NULL,       -- that ledger entry
-    undo_change BIGINT,             -- the change whose to_version a rollback from here restores; NULL: none
-    changed_at TIMESTAMP NOT NULL
-);
-{ledger}"""
+{pointer_history}{ledger}"""
 
 STATUSES = {
     "staged": "being written by a run that has not finished",
@@ -205,7 +211,13 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     """Create the catalog, or bring one written by an older release up to date (each step once)."""
     old = has(con, "versions")
     had_history = has(con, "pointer_history")
-    con.execute(_DDL.format(versions=_versions_ddl("versions"), ledger=_LEDGER.format(name="ledger")))
+    con.execute(
+        _DDL.format(
+            versions=_versions_ddl("versions"),
+            pointer_history=_POINTER_HISTORY.format(name="pointer_history"),
+            ledger=_LEDGER.format(name="ledger"),
+        )
+    )
     if old and not has(con, "versions", "metrics"):
         with transaction(con):  # versions keep their metrics: take them from the ledger entries that decided them
             con.execute("""
@@ -228,21 +240,15 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
                     con.execute(
                         "UPDATE bfa.versions SET columns = ? WHERE asset = ?", [physical_columns(con, asset), asset]
                     )
-    if old and not _statuses_current(con):
-        with transaction(con):  # a CHECK constraint cannot be altered: copy the table under the current one
-            con.execute(_versions_ddl("versions_current"))
-            con.execute("INSERT INTO bfa.versions_current BY NAME SELECT * FROM bfa.versions")
-            con.execute("DROP TABLE bfa.versions")
-            con.execute("ALTER TABLE bfa.versions_current RENAME TO versions")
-    if old and "USING COMPRESSION" not in _table_sql(con, "ledger"):
-        with transaction(con):  # a column's compression cannot be altered: copy the table under the current one
-            con.execute(_LEDGER.format(name="ledger_current"))
-            con.execute("INSERT INTO bfa.ledger_current BY NAME SELECT * FROM bfa.ledger")
-            con.execute("DROP TABLE bfa.ledger")
-            con.execute("ALTER TABLE bfa.ledger_current RENAME TO ledger")
-    for table, key in (("published", "asset, partition_key"), ("versions", "version"), ("ledger", "entry_id")):
-        if old and not _has_key(con, table):  # keys a catalog from before them lacks
-            con.execute(f"ALTER TABLE bfa.{table} ADD PRIMARY KEY ({key})")
+    # A constraint, a key or a column's compression cannot be altered: such a table is copied under the current DDL.
+    if old and (not _statuses_current(con) or _has_key(con, "versions")):
+        _recreate(con, "versions", _versions_ddl)
+    if old and ("USING COMPRESSION" not in _table_sql(con, "ledger") or _has_key(con, "ledger")):
+        _recreate(con, "ledger", _LEDGER.format)
+    if old and _has_key(con, "pointer_history"):
+        _recreate(con, "pointer_history", _POINTER_HISTORY.format)
+    if old and not _has_key(con, "published"):  # the key a catalog from before it lacks
+        con.execute("ALTER TABLE bfa.published ADD PRIMARY KEY (asset, partition_key)")
     if old and not had_history:
         with transaction(con):
             _history_from_ledger(con)
@@ -275,6 +281,16 @@ _NULLABLE_FLAG = """
 SELECT table_name FROM duckdb_columns() WHERE schema_name = 'bfa' AND column_name = ? AND is_nullable
 AND table_name IN (SELECT asset FROM bfa.versions)
 """
+
+
+def _recreate(con: duckdb.DuckDBPyConnection, table: str, ddl: Callable[..., str]) -> None:
+    """Copy ``bfa.<table>`` into a table made by ``ddl(name=...)`` and put the copy in its place, in one
+    transaction."""
+    with transaction(con):
+        con.execute(ddl(name=f"{table}_current"))
+        con.execute(f"INSERT INTO bfa.{table}_current BY NAME SELECT * FROM bfa.{table}")
+        con.execute(f"DROP TABLE bfa.{table}")
+        con.execute(f"ALTER TABLE bfa.{table}_current RENAME TO {table}")
 
 
 def _versions_ddl(name: str) -> str:

@@ -78,6 +78,12 @@ def connect(
             con = duckdb.connect(path, read_only=read_only, config=config)
             break
         except duckdb.IOException as e:
+            if "newer version of DuckDB" in str(e):
+                raise WarehouseError(
+                    f"DuckDB file {path} was written by a newer DuckDB than this release's {duckdb.__version__}, "
+                    "which cannot read it; nothing was changed. Keep using the release that wrote it, or build "
+                    "the warehouse again (the demo's: make clean dev)."
+                ) from None
             if "lock" not in str(e).lower():  # read-only or missing file, a directory, no space ...
                 raise WarehouseError(
                     f"cannot open DuckDB file {path}{'' if read_only else ' for writing'}: {e}; check the path "

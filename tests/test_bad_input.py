@@ -2,6 +2,7 @@
 bad ranges, malformed briefs, a missing warehouse, a full disk. Each case must end in one clear error line and
 a usage exit code, or in a failed check; and what consumers read must be exactly as before."""
 
+import gzip
 import os
 import resource
 import signal
@@ -237,6 +238,21 @@ def test_a_read_only_warehouse_fails_clearly_and_changes_nothing(db, capsys):
         assert cli.main(["rollback", "sessions", "--partition", "2025-01-02", "-f", DEFINITIONS]) == cli.EXIT_USAGE
         assert "cannot open DuckDB file" in capsys.readouterr().err
     assert fingerprint(db) == before
+
+
+def test_a_warehouse_a_newer_duckdb_wrote_is_refused_in_one_line_and_left_as_it_was(tmp_path, monkeypatch, capsys):
+    """tests/fixtures/written_by_duckdb_2_0.duckdb.gz is a one-table file DuckDB 2.0.0 wrote (storage version 999,
+    which 1.5.5 cannot read; regenerate it with duckdb 2.0: CREATE TABLE t AS SELECT 1 AS x, then gzip -9)."""
+    db = tmp_path / "w.duckdb"
+    fixture = Path(__file__).parent / "fixtures" / "written_by_duckdb_2_0.duckdb.gz"
+    db.write_bytes(gzip.decompress(fixture.read_bytes()))
+    before = db.read_bytes()
+    monkeypatch.setenv("BACKFILL_ASSETS_DB", str(db))
+    assert cli.main(["history", "sessions", "-f", DEFINITIONS]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and f"DuckDB file {db} was written by a newer DuckDB" in err
+    assert duckdb.__version__ in err and "nothing was changed" in err
+    assert db.read_bytes() == before
 
 
 def _materialize_with_file_size_limit(db: Path, limit_bytes: int) -> subprocess.CompletedProcess:

@@ -561,6 +561,39 @@ def test_a_catalog_from_before_the_pointer_history_is_brought_up_to_date(tmp_pat
     con.close()
 
 
+def test_a_catalog_with_keys_on_its_append_only_tables_is_copied_without_them(tmp_path):
+    """The release before this one kept a PRIMARY KEY on bfa.versions, bfa.ledger and bfa.pointer_history
+    (their ids come from sequences; DuckDB 1.5 rewrites a changed table's whole index at every checkpoint).
+    Opening such a warehouse copies each table without its key, rows unchanged; the pointer keeps its key, and
+    a publish and a rollback after that still give consumers what the test's own history says they must read."""
+    path = str(tmp_path / "w.duckdb")
+    con = wh.connect(path)
+    spec, day = make_spec(columns={}, max_row_change=10.0), ["2025-01-02"]
+    for gen in (1, 2):
+        wap(con, spec, GOOD_SQL.replace("(i + 1)", f"(i + {gen})"), day, run_id=f"g{gen}")
+    keys = {"versions": "version", "ledger": "entry_id", "pointer_history": "change_id"}
+    before = {t: con.execute(f"SELECT * FROM bfa.{t} ORDER BY {k}").fetchall() for t, k in keys.items()}
+    for table, key in keys.items():  # the previous release's DDL: the same, with the key
+        (ddl,) = con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()
+        ddl = ddl.replace(f"CREATE TABLE bfa.{table}(", f"CREATE TABLE bfa.{table}_old(", 1)
+        con.execute(re.sub(rf'("?{key}"?) BIGINT NOT NULL', r"\1 BIGINT PRIMARY KEY", ddl, count=1))
+        con.execute(f"INSERT INTO bfa.{table}_old SELECT * FROM bfa.{table}")
+        con.execute(f"DROP TABLE bfa.{table}")
+        con.execute(f"ALTER TABLE bfa.{table}_old RENAME TO {table}")
+    key_sql = "SELECT table_name FROM duckdb_constraints() WHERE schema_name = 'bfa' AND constraint_type='PRIMARY KEY'"
+    assert {r[0] for r in con.execute(key_sql).fetchall()} >= set(keys)
+    con.close()
+
+    con = wh.connect(path)
+    assert {t: con.execute(f"SELECT * FROM bfa.{t} ORDER BY {k}").fetchall() for t, k in keys.items()} == before
+    assert {r[0] for r in con.execute(key_sql).fetchall()} == {"published", "branches"}
+    wap(con, spec, GOOD_SQL.replace("(i + 1)", "(i + 3)"), day, run_id="g3")
+    assert sorted(con.execute("SELECT amount FROM main.orders").fetchall()) == [(Decimal(n),) for n in (3, 4, 5)]
+    history.rollback(con, {"orders": history.rollback_targets(con, "orders", day)}, "back to g2", "me")
+    assert sorted(con.execute("SELECT amount FROM main.orders").fetchall()) == [(Decimal(n),) for n in (2, 3, 4)]
+    con.close()
+
+
 def test_a_dataframe_transform_gets_the_declared_types_when_read_in(con):
     """pandas has no DECIMAL: float64 cents become DECIMAL(18,2) exactly, as declared."""
     cents = [Decimal("0.10"), Decimal("0.20"), Decimal("912258.57")]
